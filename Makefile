@@ -1,0 +1,35 @@
+# The README's commands. Every target runs from the repository root and uses
+# the virtualenv in .venv, which `make venv` builds from the pinned files.
+SHELL := /bin/bash
+.SHELLFLAGS := -euo pipefail -c
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+export PATH := $(CURDIR)/$(BIN):$(PATH)
+
+.PHONY: help venv lint test test-apps
+help:  ## List the targets.
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
+
+$(BIN)/activate: requirements-dev.txt server_app/requirements.txt client_app/requirements.txt
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet --upgrade pip
+	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet --no-deps -e server_app -e client_app
+	touch $@
+
+venv: $(BIN)/activate  ## Build .venv from the pinned requirements.
+
+lint: venv  ## Run ruff, mypy, yamllint and ansible-lint.
+	ruff check .
+	ruff format --check .
+	mypy
+	yamllint --strict .
+	ansible-lint
+
+test-apps: venv  ## Test both Python apps against real redis-server and gunicorn.
+	pytest server_app/tests client_app/tests
+
+test: lint test-apps  ## Run every test: lint, apps, containers, molecule.
