@@ -24,15 +24,24 @@ suite_for() {
     esac
 }
 
+# The root being built, removed on exit whether the build succeeded or not.
+rootfs=""
+cleanup() {
+    if [[ -n "$rootfs" ]]; then
+        rm -rf "$rootfs"
+    fi
+}
+trap cleanup EXIT
+
 build_image() {
-    local name="$1" suite rootfs
+    local name="$1" suite
     suite=$(suite_for "$name")
     if [[ "${REBUILD:-0}" != 1 ]] && docker image inspect "$image_repository:$name" >/dev/null 2>&1; then
         echo "Image $image_repository:$name exists; set REBUILD=1 to rebuild it."
         return 0
     fi
+    cleanup
     rootfs=$(mktemp -d "/tmp/ratelimit-rootfs-$name.XXXXXX")
-    trap 'rm -rf "$rootfs"' RETURN
 
     echo "Bootstrapping Debian $suite into $rootfs"
     debootstrap --variant=minbase --include="$packages" "$suite" "$rootfs" "$mirror" >"$rootfs.log" 2>&1 || {
@@ -46,7 +55,9 @@ build_image() {
     # the hosts reaches the package index through the same TLS setup.
     if compgen -G "/usr/local/share/ca-certificates/*.crt" >/dev/null; then
         cp /usr/local/share/ca-certificates/*.crt "$rootfs/usr/local/share/ca-certificates/"
-        chroot "$rootfs" update-ca-certificates >/dev/null
+        # update-ca-certificates warns that the bundle is not a single
+        # certificate; that is expected and harmless.
+        chroot "$rootfs" update-ca-certificates >/dev/null 2>&1
     fi
     # A host that boots in a container has no consoles or udev to wait for.
     chroot "$rootfs" systemctl mask getty.target systemd-udevd.service \
