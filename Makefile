@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help venv lint test test-apps
+.PHONY: help prepare venv lint test test-apps
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
@@ -19,6 +19,9 @@ $(BIN)/activate: requirements-dev.txt server_app/requirements.txt client_app/req
 	$(BIN)/pip install --quiet -r requirements-dev.txt
 	$(BIN)/pip install --quiet --no-deps -e server_app -e client_app
 	touch $@
+
+prepare:  ## Install the Debian packages the tests use and start dockerd (root).
+	scripts/prepare-host.sh
 
 venv: $(BIN)/activate  ## Build .venv from the pinned requirements.
 
@@ -32,4 +35,4 @@ lint: venv  ## Run ruff, mypy, yamllint and ansible-lint.
 test-apps: venv  ## Test both Python apps against real redis-server and gunicorn.
 	pytest server_app/tests client_app/tests
 
-test: lint test-apps  ## Run every test: lint, apps, containers, molecule.
+test: prepare lint test-apps  ## Run every test: lint, apps, containers, molecule.
