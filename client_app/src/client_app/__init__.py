@@ -1,0 +1,2 @@
+"""Load client that sends GET requests to the rate-limited service and retries
+429 responses with exponential backoff."""
