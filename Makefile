@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help prepare venv lint test test-apps
+.PHONY: help prepare venv lint test test-apps bench
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
@@ -34,5 +34,14 @@ lint: venv  ## Run ruff, mypy, yamllint and ansible-lint.
 
 test-apps: venv  ## Test both Python apps against real redis-server and gunicorn.
 	pytest server_app/tests client_app/tests
+
+# matplotlib draws the benchmark's plot; nothing else needs it, so it stays
+# out of requirements-dev.txt.
+$(VENV)/.bench-requirements: bench/requirements.txt $(BIN)/activate
+	$(BIN)/pip install --quiet -r bench/requirements.txt
+	touch $@
+
+bench: venv $(VENV)/.bench-requirements  ## Benchmark against bare gunicorn and nginx (about 10 min).
+	python -m bench
 
 test: prepare lint test-apps  ## Run every test: lint, apps, containers, molecule.

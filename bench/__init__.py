@@ -1,0 +1,1 @@
+"""Benchmark of the rate-limited server against bare gunicorn and nginx."""
