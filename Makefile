@@ -9,7 +9,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 export PATH := $(CURDIR)/$(BIN):$(PATH)
 
-.PHONY: help prepare venv lint test test-apps bench
+.PHONY: help prepare venv lint test test-apps bench test-load bad-inputs-doc
 help:  ## List the targets.
 	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  %-18s %s\n", $$1, $$2}'
 
@@ -43,5 +43,11 @@ $(VENV)/.bench-requirements: bench/requirements.txt $(BIN)/activate
 
 bench: venv $(VENV)/.bench-requirements  ## Benchmark against bare gunicorn and nginx (about 10 min).
 	python -m bench
+
+test-load: venv  ## Load, fault and bad-input tests on loopback (about 4 min).
+	pytest tests/load tests/faults tests/bad_input
+
+bad-inputs-doc: venv  ## Rerun the bad-input tests and write docs/bad-inputs.md.
+	BAD_INPUT_TABLE=docs/bad-inputs.md pytest tests/bad_input
 
 test: prepare lint test-apps  ## Run every test: lint, apps, containers, molecule.

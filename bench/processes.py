@@ -176,6 +176,11 @@ class RedisServer:
     def client(self, db: int = 0) -> redis.Redis:
         return redis.Redis.from_url(self.url(db), decode_responses=True)
 
+    def key_count(self, db: int = 0) -> int:
+        """Return the number of keys in database db."""
+        count: int = self.client(db).dbsize()  # type: ignore[assignment]
+        return count
+
     def command_calls(self) -> dict[str, int]:
         """Return the calls per command from INFO commandstats."""
         # redis-py types info() for its sync and async clients alike.
