@@ -16,6 +16,8 @@ from pathlib import Path
 HELLO_BODY = b'{"message":"hello world!"}\n'
 RATE_LIMITED_BODY = b'{"error":"rate limit exceeded: 5 per 10 minute"}\n'
 
+PROXY_VARIABLES = frozenset({"http_proxy", "https_proxy", "all_proxy"})
+
 # Console script installed next to the interpreter that runs pytest.
 CONSOLE_SCRIPT = Path(sys.executable).parent / "ratelimit-client"
 
@@ -88,12 +90,13 @@ def run_client(
     """Run the client with the given CLIENT_* settings and capture its output.
 
     The environment is the test's own minus every inherited CLIENT_* variable,
-    so only the given settings apply.
+    so only the given settings apply, and minus proxy variables, so requests
+    to loopback addresses go straight to the test's servers.
     """
     environ = {
         name: value
         for name, value in os.environ.items()
-        if not name.startswith("CLIENT_")
+        if not name.startswith("CLIENT_") and name.lower() not in PROXY_VARIABLES
     }
     environ.update(settings)
     if console_script:

@@ -6,8 +6,10 @@ import socket
 import threading
 from collections.abc import Callable, Iterator
 from http.server import ThreadingHTTPServer
+from pathlib import Path
 
 import pytest
+from client_live_service import RedisServer, Service, start_redis, start_service, stop
 from client_support import Script, ScriptedServer, handler_class
 
 
@@ -40,3 +42,32 @@ def closed_port_url() -> str:
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     return f"http://127.0.0.1:{port}/"
+
+
+@pytest.fixture
+def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
+    """Start a redis-server without persistence and stop it afterwards."""
+    server = start_redis(tmp_path)
+    yield server
+    stop(server.process)
+
+
+@pytest.fixture
+def live_service(
+    tmp_path: Path, redis_server: RedisServer
+) -> Iterator[Callable[..., Service]]:
+    """Start gunicorn serving server_app on the test's redis-server.
+
+    Call it with the RATE_LIMIT value and any other service variables.
+    """
+    started: list[Service] = []
+
+    def start(rate_limit: str, **settings: str) -> Service:
+        service = start_service(tmp_path, redis_server.url, rate_limit, **settings)
+        started.append(service)
+        return service
+
+    yield start
+
+    for service in started:
+        stop(service.process)
