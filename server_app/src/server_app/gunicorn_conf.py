@@ -1,0 +1,102 @@
+"""gunicorn settings for the service, taken from ``GUNICORN_*`` variables.
+
+Run it as ``gunicorn -c python:server_app.gunicorn_conf server_app.wsgi:app``.
+The module validates every setting of gunicorn and of the application when
+gunicorn loads it, so an invalid value stops the master with one line on
+stderr and exit status 1 before any worker starts. It also prepares the
+Prometheus multiprocess directory that the workers share.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import tempfile
+from pathlib import Path
+from typing import Any
+
+from server_app.config import AppSettings, ConfigError, GunicornSettings
+
+
+def _load_settings() -> tuple[GunicornSettings, AppSettings]:
+    try:
+        return GunicornSettings.from_env(), AppSettings.from_env()
+    except ConfigError as error:
+        raise SystemExit(f"server_app: {error}") from None
+
+
+def _prepare_metrics_dir() -> tuple[Path, bool]:
+    """Return the multiprocess directory and whether this module created it.
+
+    Without PROMETHEUS_MULTIPROC_DIR the master creates a private temporary
+    directory and exports its path, so the workers it forks inherit it.
+    """
+    configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
+    if not configured:
+        path = Path(tempfile.mkdtemp(prefix="server_app-metrics-"))
+        os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
+        return path, True
+    path = Path(configured)
+    try:
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    except OSError as error:
+        raise SystemExit(
+            f"server_app: invalid PROMETHEUS_MULTIPROC_DIR={configured!r}: "
+            f"expected a writable directory such as '/run/server_app/metrics' "
+            f"({error.strerror})"
+        ) from None
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise SystemExit(
+            f"server_app: invalid PROMETHEUS_MULTIPROC_DIR={configured!r}: "
+            "expected a directory writable by this user"
+        )
+    return path, False
+
+
+_server, _app = _load_settings()
+_metrics_dir, _metrics_dir_is_temporary = _prepare_metrics_dir()
+
+bind = [_server.bind]
+workers = _server.workers
+worker_class = _server.worker_class
+threads = _server.threads
+
+# Logs go to stderr and the access log, when enabled, to stdout, so systemd's
+# journal or the container runtime collects both.
+errorlog = "-"
+accesslog = "-" if _server.access_log else None
+loglevel = _app.log_level.lower()
+
+# gunicorn 25.1 and later would create a control socket under $HOME or
+# $XDG_RUNTIME_DIR, but the service needs neither a writable home nor that
+# socket.
+control_socket_disable = True
+# The worker heartbeat files go to memory when /dev/shm is available, so a
+# slow disk cannot make the master kill busy workers.
+if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
+    worker_tmp_dir = "/dev/shm"
+
+
+def on_starting(server: Any) -> None:
+    """Empty the metrics directory so that counters start from zero."""
+    for entry in _metrics_dir.iterdir():
+        if entry.is_file() and entry.suffix == ".db":
+            entry.unlink()
+    server.log.info("Prometheus multiprocess directory: %s", _metrics_dir)
+
+
+def child_exit(server: Any, worker: Any) -> None:
+    """Merge the gauges of an exited worker so they stop being reported live."""
+    # Imported here because prometheus_client reads PROMETHEUS_MULTIPROC_DIR
+    # once, on its first import, which must come after this module set it.
+    from prometheus_client import multiprocess
+
+    multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
+        worker.pid, str(_metrics_dir)
+    )
+
+
+def on_exit(server: Any) -> None:
+    """Remove the metrics directory if this module created it."""
+    if _metrics_dir_is_temporary:
+        shutil.rmtree(_metrics_dir, ignore_errors=True)

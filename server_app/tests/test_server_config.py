@@ -1,0 +1,89 @@
+"""Settings parsing and the application factory, without gunicorn."""
+
+from __future__ import annotations
+
+import pytest
+from server_support import RedisServer
+
+from server_app.app import create_app
+from server_app.config import (
+    AppSettings,
+    ConfigError,
+    GunicornSettings,
+    default_workers,
+    mask_password,
+)
+
+
+def test_defaults_match_documentation() -> None:
+    settings = AppSettings.from_env({})
+
+    assert settings.rate_limit == "5/10minute"
+    assert settings.rate_limit_strategy == "fixed-window"
+    assert settings.redis_url == "redis://localhost:6379/0"
+    assert settings.redis_timeout == 1.0
+    assert settings.on_storage_error == "fallback"
+    assert settings.trusted_proxy_count == 0
+    assert settings.log_level == "INFO"
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"),
+    [
+        ("5/10minute", ["5 per 10 minute"]),
+        ("20/2hour", ["20 per 2 hour"]),
+        ("10/day", ["10 per 1 day"]),
+        ("300/30minute", ["300 per 30 minute"]),
+        ("10/day;300/30minute", ["300 per 30 minute", "10 per 1 day"]),
+    ],
+)
+def test_rate_limit_accepts_documented_forms(value: str, expected: list[str]) -> None:
+    settings = AppSettings.from_env({"RATE_LIMIT": value})
+
+    assert [str(item) for item in settings.limits] == expected
+
+
+def test_gunicorn_defaults_scale_with_cpus() -> None:
+    settings = GunicornSettings.from_env({}, cpu_count=2)
+
+    assert settings.bind == "0.0.0.0:80"
+    assert settings.workers == 3
+    assert settings.worker_class == "gthread"
+    assert settings.threads == 4
+    assert settings.access_log is False
+    assert default_workers(1) == 2
+    assert default_workers(64) == 8
+
+
+@pytest.mark.parametrize(
+    ("url", "masked"),
+    [
+        ("redis://:pw@host:6379/0", "redis://:***@host:6379/0"),
+        ("redis://user:pw@host/1", "redis://user:***@host/1"),
+        ("redis://host:6379/0", "redis://host:6379/0"),
+    ],
+)
+def test_mask_password_hides_only_password(url: str, masked: str) -> None:
+    assert mask_password(url) == masked
+
+
+def test_create_app_rejects_invalid_limit() -> None:
+    with pytest.raises(ConfigError, match=r"invalid RATE_LIMIT='5/10min'"):
+        create_app({"RATE_LIMIT": "5/10min"})
+
+
+def test_factory_app_limits_with_redis(redis_server: RedisServer) -> None:
+    redis_server.client().flushall()
+    app = create_app({"RATE_LIMIT": "1/minute", "REDIS_URL": redis_server.url})
+    client = app.test_client()
+
+    first = client.get("/", environ_base={"REMOTE_ADDR": "192.0.2.10"})
+    second = client.get("/", environ_base={"REMOTE_ADDR": "192.0.2.10"})
+    other = client.get("/", environ_base={"REMOTE_ADDR": "192.0.2.11"})
+
+    assert first.status_code == 200
+    assert first.get_json() == {"message": "hello world!"}
+    assert second.status_code == 429
+    assert other.status_code == 200
+    assert client.get("/metrics").status_code == 200
+    assert client.get("/missing").get_json() == {"error": "Not Found", "status": 404}

@@ -1,0 +1,91 @@
+"""Redis stopped and started under a running gunicorn, for both policies.
+
+One worker keeps the per-process fallback counts and the per-process outage
+log lines exact.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+
+import pytest
+import redis
+from server_support import Gunicorn, RedisServer, request, wait_until
+
+StartGunicorn = Callable[..., Gunicorn]
+
+OUTAGE_STARTED = "is unreachable"
+OUTAGE_ENDED = "is reachable again"
+
+
+@pytest.fixture
+def stoppable_redis(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> Iterator[RedisServer]:
+    """The session's Redis, started again after the test if it stopped it."""
+    yield redis_server
+    if redis_server.process is None:
+        redis_server.start()
+
+
+def test_fallback_serves_from_memory(
+    start_gunicorn: StartGunicorn, stoppable_redis: RedisServer
+) -> None:
+    server = start_gunicorn(
+        RATE_LIMIT="3/minute",
+        RATE_LIMIT_ON_STORAGE_ERROR="fallback",
+        GUNICORN_WORKERS="1",
+    )
+    assert request(server.port).status == 200
+
+    stoppable_redis.stop()
+    during = [request(server.port).status for _ in range(4)]
+    health = request(server.port, "/healthz")
+
+    # The in-memory fallback counts from zero, separately from Redis.
+    assert during == [200, 200, 200, 429]
+    assert health.status == 503
+    assert health.json() == {"status": "unavailable", "storage": "unreachable"}
+
+    stoppable_redis.start()
+    client = stoppable_redis.client()
+
+    def limited_in_redis_again() -> bool:
+        assert request(server.port).status in (200, 429)
+        return bool(client.keys("LIMITS:*"))
+
+    # flask-limiter probes Redis again after 1, 2, 4 ... 32 s of outage.
+    wait_until(limited_in_redis_again, 40, "the limiter uses Redis again")
+    assert request(server.port, "/healthz").status == 200
+    log = server.log()
+    assert log.count(OUTAGE_STARTED) == 1
+    assert log.count(OUTAGE_ENDED) == 1
+    assert "Traceback" not in log
+
+
+def test_reject_answers_503_until_redis_returns(
+    start_gunicorn: StartGunicorn, stoppable_redis: RedisServer
+) -> None:
+    server = start_gunicorn(
+        RATE_LIMIT="3/minute",
+        RATE_LIMIT_ON_STORAGE_ERROR="reject",
+        GUNICORN_WORKERS="1",
+    )
+    assert request(server.port).status == 200
+
+    stoppable_redis.stop()
+    during = [request(server.port) for _ in range(3)]
+
+    assert [r.status for r in during] == [503, 503, 503]
+    assert during[0].json() == {"error": "rate limit storage unavailable"}
+    assert request(server.port, "/healthz").status == 503
+
+    stoppable_redis.start()
+    after = [request(server.port).status for _ in range(4)]
+
+    # Redis lost the counter on restart, so a new window starts.
+    assert after == [200, 200, 200, 429]
+    log = server.log()
+    assert log.count(OUTAGE_STARTED) == 1
+    assert log.count(OUTAGE_ENDED) == 1
+    assert "Traceback" not in log
