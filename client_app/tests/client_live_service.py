@@ -14,8 +14,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from prometheus_client.parser import text_string_to_metric_families
-
 REDIS_SERVER = Path("/usr/bin/redis-server")
 GUNICORN = Path(sys.executable).parent / "gunicorn"
 # Seconds to wait for a process to accept requests before the test fails.
@@ -133,6 +131,10 @@ class Service:
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Scrape /metrics and return each sample's value by name and labels."""
+        # prometheus_client is one of server_app's dependencies. Importing it
+        # here lets the other client tests run in a venv without them.
+        from prometheus_client.parser import text_string_to_metric_families
+
         with _DIRECT.open(self.url + "metrics", timeout=5) as response:
             text = response.read().decode()
         samples = {}
