@@ -16,7 +16,7 @@ help:  ## List the targets.
 $(BIN)/activate: requirements-dev.txt server_app/requirements.txt client_app/requirements.txt
 	$(PYTHON) -m venv $(VENV)
 	$(BIN)/pip install --quiet --upgrade pip
-	$(BIN)/pip install --quiet -r requirements-dev.txt
+	$(BIN)/pip install --quiet -r requirements-dev.txt -r server_app/requirements.txt -r client_app/requirements.txt
 	$(BIN)/pip install --quiet --no-deps -e server_app -e client_app
 	touch $@
 
