@@ -284,3 +284,21 @@ def test_log_level_info_hides_debug(scripted_server: StartServer) -> None:
     assert result.stdout.splitlines() == [HELLO_LINE]
     assert "DEBUG:" not in result.stderr
     assert len(lines_starting(result.stderr, "INFO:client_app:Summary:")) == 1
+
+
+def test_failure_line_masks_password(closed_port_url: str) -> None:
+    url_with_password = closed_port_url.replace("http://", "http://user:secret@")
+
+    result = run_client(
+        {
+            "CLIENT_SERVER_URL": url_with_password,
+            "CLIENT_TOTAL_FAILURE_RETRIES": "0",
+        }
+    )
+
+    assert result.returncode == 4
+    assert "secret" not in result.stderr
+    masked_url = closed_port_url.replace("http://", "http://user:***@")
+    errors = lines_starting(result.stderr, "ERROR:")
+    assert len(errors) == 1
+    assert errors[0].startswith(f"ERROR:client_app:Request to {masked_url} failed:")

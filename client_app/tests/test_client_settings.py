@@ -157,3 +157,14 @@ def test_invalid_setting_exits_2_from_console_script(closed_port_url: str) -> No
         + EXPECTED["CLIENT_BACKOFF_FACTOR"]
         + "."
     ]
+
+
+def test_invalid_url_error_masks_password() -> None:
+    result = run_client({"CLIENT_SERVER_URL": "ftp://user:secret@localhost/"})
+
+    assert result.returncode == 2
+    assert "secret" not in result.stderr
+    assert result.stderr.splitlines() == [
+        "ERROR:client_app:Invalid CLIENT_SERVER_URL='ftp://user:***@localhost/':"
+        f" expected {EXPECTED['CLIENT_SERVER_URL']}."
+    ]

@@ -13,7 +13,7 @@ from requests.adapters import HTTPAdapter
 from urllib3.exceptions import MaxRetryError
 from urllib3.util.retry import Retry
 
-from client_app.settings import Settings
+from client_app.settings import Settings, url_for_logs
 
 logger = logging.getLogger("client_app")
 
@@ -115,11 +115,12 @@ def run(settings: Settings, output: TextIO) -> ExitStatus:
 def _send_requests(
     session: requests.Session, settings: Settings, tally: Tally, output: TextIO
 ) -> ExitStatus:
-    url = settings.server_url
+    url = url_for_logs(settings.server_url)
     for _ in range(settings.total_requests):
         try:
             response = session.get(
-                url, timeout=(settings.connect_timeout, settings.read_timeout)
+                settings.server_url,
+                timeout=(settings.connect_timeout, settings.read_timeout),
             )
         except requests.RequestException as error:
             _record_failure(tally, settings, error)

@@ -6,7 +6,7 @@ import logging
 import re
 from collections.abc import Mapping
 from dataclasses import dataclass
-from urllib.parse import urlsplit
+from urllib.parse import urlsplit, urlunsplit
 
 # A whole number written in plain digits. int() alone would also accept "+7",
 # " 7" and "1_000", which are more likely typing mistakes than intent.
@@ -103,6 +103,19 @@ class Settings:
         return logging.getLevelNamesMapping()[self.log_level]
 
 
+def url_for_logs(url: str) -> str:
+    """Return url with any password in it replaced by ***."""
+    try:
+        parts = urlsplit(url)
+    except ValueError:
+        # urlsplit rejects some malformed hosts, such as an unclosed "[".
+        return url
+    if parts.password is None:
+        return url
+    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
+    return urlunsplit(parts._replace(netloc=netloc))
+
+
 def _read_url(environ: Mapping[str, str], name: str, default: str) -> str:
     value = environ.get(name)
     if value is None:
@@ -111,16 +124,17 @@ def _read_url(environ: Mapping[str, str], name: str, default: str) -> str:
     expected = (
         "an http:// or https:// URL with a host, for example http://localhost:80/"
     )
+    invalid = InvalidSettingError(name, url_for_logs(value), expected)
     if value != value.strip():
-        raise InvalidSettingError(name, value, expected)
+        raise invalid
     try:
         parts = urlsplit(value)
         # Reading .port raises ValueError when the port is not a number 0-65535.
         parts.port  # noqa: B018
     except ValueError:
-        raise InvalidSettingError(name, value, expected) from None
+        raise invalid from None
     if parts.scheme not in ("http", "https") or not parts.hostname:
-        raise InvalidSettingError(name, value, expected)
+        raise invalid
     return value
 
 
