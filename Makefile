@@ -54,4 +54,11 @@ test-load: venv  ## Load, fault and bad-input tests on loopback (about 4 min).
 bad-inputs-doc: venv  ## Rerun the bad-input tests and write docs/bad-inputs.md.
 	BAD_INPUT_TABLE=docs/bad-inputs.md pytest tests/bad_input
 
-test: prepare lint test-apps  ## Run every test: lint, apps, containers, molecule.
+.PHONY: test-containers test-kubernetes
+test-containers: venv  ## Build both images from a local base and run the compose stack (about 3 min).
+	pytest tests/containers
+
+test-kubernetes: venv  ## Validate the Kubernetes manifests offline and render the kustomize build.
+	pytest tests/k8s
+
+test: prepare lint test-apps test-containers test-kubernetes  ## Run every test: lint, apps, containers, molecule.
