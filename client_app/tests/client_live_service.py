@@ -129,6 +129,15 @@ class Service:
     process: subprocess.Popen[bytes]
     log: Path
 
+    def get(self, path: str) -> tuple[int, dict[str, str]]:
+        """Send GET for path, relative to the service URL, and return the
+        status and headers, error statuses included."""
+        try:
+            with _DIRECT.open(self.url + path, timeout=5) as response:
+                return response.status, dict(response.headers)
+        except urllib.error.HTTPError as error:
+            return error.code, dict(error.headers)
+
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Scrape /metrics and return each sample's value by name and labels."""
         # prometheus_client is one of server_app's dependencies. Importing it

@@ -62,6 +62,12 @@ def test_worked_example_end_to_end(live_service: StartService) -> None:
         metrics[sample("client_requests_total", address="127.0.0.1", status="429")] == 5
     )
 
+    # The server sends a Retry-After of minutes, which the client ignored, since
+    # the whole run took about the 14 s of backoff.
+    status, headers = service.get("")
+    assert status == 429
+    assert int(headers["Retry-After"]) > 60
+
 
 def test_three_requests_three_gets(live_service: StartService) -> None:
     service = live_service("100/minute")

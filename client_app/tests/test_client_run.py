@@ -187,6 +187,9 @@ def test_server_error_exits_4(scripted_server: StartServer, status: int) -> None
     )
     assert errors[0].endswith(" after 2 retries")
     assert "Traceback" not in result.stderr
+    assert "Summary: sent=3 ok_2xx=0 rate_limited_429=0 other=3 retries=2" in (
+        result.stderr
+    )
 
 
 def test_not_found_exits_4_without_retry(scripted_server: StartServer) -> None:
