@@ -43,6 +43,28 @@ def test_rate_limit_accepts_documented_forms(value: str, expected: list[str]) ->
     assert [str(item) for item in settings.limits] == expected
 
 
+@pytest.mark.parametrize(
+    "url",
+    [
+        "redis://localhost",
+        "redis://:password@redis.example:6380/2",
+        "rediss://user:password@redis.example:6379/0",
+        "redis+unix:///run/redis/redis.sock",
+    ],
+)
+def test_redis_url_accepts_documented_forms(url: str) -> None:
+    assert AppSettings.from_env({"REDIS_URL": url}).redis_url == url
+
+
+@pytest.mark.parametrize(
+    ("value", "expected"), [("true", True), ("1", True), ("off", False)]
+)
+def test_access_log_accepts_booleans(value: str, expected: bool) -> None:
+    settings = GunicornSettings.from_env({"GUNICORN_ACCESS_LOG": value})
+
+    assert settings.access_log is expected
+
+
 def test_gunicorn_defaults_scale_with_cpus() -> None:
     settings = GunicornSettings.from_env({}, cpu_count=2)
 

@@ -19,6 +19,8 @@ def client_address() -> str:
     This is the socket peer, or the address ProxyFix took from
     X-Forwarded-For when TRUSTED_PROXY_COUNT is above 0.
     """
+    # NOTE: gunicorn bound to a unix socket passes no peer address, so all
+    # clients share the key "unknown" unless a trusted proxy sets one.
     return flask.request.remote_addr or "unknown"
 
 
