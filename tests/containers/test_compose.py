@@ -59,6 +59,15 @@ class FinishedStack:
         (config,) = inspected[0]["IPAM"]["Config"]
         return ipaddress.ip_network(config["Subnet"])
 
+    def running_addresses(self) -> set[str]:
+        """Return the network addresses of the redis and server containers."""
+        addresses = set()
+        for service in ("redis", "server"):
+            inspected = self.stack.inspect(self.container(service))
+            for network in inspected["NetworkSettings"]["Networks"].values():
+                addresses.add(network["IPAddress"])
+        return addresses
+
     def server_metrics(self) -> str:
         """Fetch /metrics with curl inside the server container."""
         result = run_command(
@@ -139,9 +148,11 @@ def test_server_metrics_count_requests(one_client: FinishedStack) -> None:
         metrics, "flask_http_request_total", method="GET", status="429"
     ) == float(REJECTED_REQUESTS)
     # An exited container has no address left to inspect, so the test checks
-    # that the only address counted belongs to the project's network.
+    # that the only address counted is on the project's network and belongs
+    # to neither of the two containers still running.
     (address,) = by_address
     assert ipaddress.ip_address(address) in one_client.subnet()
+    assert address not in one_client.running_addresses()
     assert by_address[address] == {
         "200": float(ALLOWED_REQUESTS),
         "429": float(REJECTED_REQUESTS),
@@ -217,6 +228,7 @@ def test_scaled_clients_limited_separately(two_clients: FinishedStack) -> None:
     assert len(by_address) == 2
     for address, counts in by_address.items():
         assert ipaddress.ip_address(address) in subnet
+        assert address not in two_clients.running_addresses()
         assert counts == {
             "200": float(ALLOWED_REQUESTS),
             "429": float(REJECTED_REQUESTS),

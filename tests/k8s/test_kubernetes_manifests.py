@@ -156,6 +156,19 @@ def test_redis_password_from_secret() -> None:
     assert names.index("REDIS_PASSWORD") < names.index("REDIS_URL")
 
 
+def test_redis_network_policy_admits_server() -> None:
+    policy = resource("NetworkPolicy", "redis")["spec"]
+    redis = resource("Deployment", "redis")["spec"]["template"]["metadata"]
+    server = resource("Deployment", "ratelimit-server")["spec"]["template"]["metadata"]
+    (rule,) = policy["ingress"]
+    (source,) = rule["from"]
+
+    assert policy["policyTypes"] == ["Ingress"]
+    assert policy["podSelector"]["matchLabels"].items() <= redis["labels"].items()
+    assert source["podSelector"]["matchLabels"].items() <= server["labels"].items()
+    assert rule["ports"] == [{"port": "redis", "protocol": "TCP"}]
+
+
 def test_client_job_settings() -> None:
     job = resource("Job", "ratelimit-client")
     config = resource("ConfigMap", "client-config")["data"]
