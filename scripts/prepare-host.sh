@@ -11,7 +11,7 @@ set -euo pipefail
 readonly state_dir="${RATELIMIT_STATE_DIR:-/var/tmp/ratelimit-service}"
 readonly packages=(
     python3 python3-venv make curl ca-certificates
-    redis-server docker.io debootstrap wrk
+    redis-server docker.io docker-compose debootstrap wrk
 )
 
 missing=()
