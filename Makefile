@@ -35,6 +35,10 @@ lint: venv  ## Run ruff, mypy, yamllint and ansible-lint.
 test-apps: venv  ## Test both Python apps against real redis-server and gunicorn.
 	pytest server_app/tests client_app/tests
 
+.PHONY: test-server
+test-server: venv  ## Test the server alone against real gunicorn and Redis (about 70 s).
+	pytest server_app/tests
+
 .PHONY: test-client
 test-client: venv  ## Test the client alone, ending with real gunicorn and Redis (about 1 min).
 	pytest client_app/tests
