@@ -1,0 +1,171 @@
+"""Test that site.yml stops in preflight, before any host changes.
+
+Each case runs the whole site.yml with one bad extra variable against a
+throwaway container (no systemd needed: nothing may run on it) and checks the
+exit status, the message naming the variable and value, the recap, and that
+`docker diff` shows no file changed in the container.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+REPO = Path(__file__).resolve().parents[2]
+IMAGE = os.environ.get("RATELIMIT_PREFLIGHT_IMAGE", "ratelimit-systemd:debian12")
+# Lets parallel runs on one Docker engine use names of their own.
+CONTAINER_PREFIX = os.environ.get("RATELIMIT_TEST_CONTAINER_PREFIX", "ratelimit-test")
+# ansible-playbook of the virtualenv that runs the tests (requirements-dev.txt).
+ANSIBLE_PLAYBOOK = str(Path(sys.executable).with_name("ansible-playbook"))
+
+pytestmark = pytest.mark.skipif(
+    shutil.which("docker") is None, reason="docker CLI not found"
+)
+
+
+@pytest.fixture(scope="module")
+def host() -> Iterator[str]:
+    """Start an idle container from the test-host image; remove it afterwards."""
+    name = f"{CONTAINER_PREFIX}-preflight-{uuid.uuid4().hex[:8]}"
+    found = subprocess.run(
+        ["docker", "image", "inspect", IMAGE], capture_output=True, check=False
+    )
+    if found.returncode != 0:
+        pytest.fail(f"Image {IMAGE} not found; build it with molecule/images/build.sh")
+    subprocess.run(
+        ["docker", "run", "--detach", "--name", name, IMAGE, "sleep", "infinity"],
+        capture_output=True,
+        check=True,
+    )
+    yield name
+    subprocess.run(["docker", "rm", "--force", name], capture_output=True, check=False)
+
+
+@pytest.fixture(scope="module")
+def inventory(host: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Write an inventory that puts the container in every group."""
+    path = tmp_path_factory.mktemp("inventory") / "hosts.yml"
+    member = {"hosts": {host: None}}
+    content = {
+        "redis": member,
+        "servers": member,
+        "clients": member,
+        "all": {
+            "vars": {
+                "ansible_connection": "community.docker.docker",
+                "vault_redis_requirepass": "preflight-test-password",
+            }
+        },
+    }
+    path.write_text(json.dumps(content))
+    return path
+
+
+def run_site(
+    inventory: Path, extra_vars: dict[str, object], *tags: str
+) -> subprocess.CompletedProcess[str]:
+    """Run site.yml from the repository root with JSON-typed extra variables."""
+    command = [ANSIBLE_PLAYBOOK, "--inventory", str(inventory), "site.yml"]
+    command += ["--extra-vars", json.dumps(extra_vars)]
+    for tag in tags:
+        command += ["--tags", tag]
+    environment = {
+        **os.environ,
+        "ANSIBLE_CONFIG": str(REPO / "ansible.cfg"),
+        # One JSON line per result keeps each message on one line.
+        "ANSIBLE_CALLBACK_RESULT_FORMAT": "json",
+        "ANSIBLE_NOCOLOR": "1",
+    }
+    return subprocess.run(
+        command,
+        cwd=REPO,
+        env=environment,
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
+    )
+
+
+def changed_files(host: str) -> str:
+    """Return `docker diff` of the container: files changed since it started."""
+    result = subprocess.run(
+        ["docker", "diff", host], capture_output=True, text=True, check=True
+    )
+    return result.stdout
+
+
+BAD_INPUTS = [
+    (
+        {"server_rate_limit": "5/10min"},
+        "Invalid server_rate_limit '5/10min'",
+    ),
+    (
+        {"server_rate_limit": "5 10minute"},
+        "Invalid server_rate_limit '5 10minute'",
+    ),
+    (
+        {"client_total_requests": -1},
+        "Invalid client_total_requests '-1'",
+    ),
+    (
+        {"client_total_failure_retries": "four"},
+        "Invalid client_total_failure_retries 'four'",
+    ),
+    (
+        {"client_backoff_factor": "abc"},
+        "Invalid client_backoff_factor 'abc'",
+    ),
+    (
+        {"vault_redis_requirepass": ""},
+        "redis_requirepass is empty, missing or contains whitespace",
+    ),
+]
+
+
+@pytest.mark.parametrize(
+    ("extra_vars", "message"), BAD_INPUTS, ids=[next(iter(v)) for v, _ in BAD_INPUTS]
+)
+def test_bad_input_stops_before_changes(
+    host: str, inventory: Path, extra_vars: dict[str, object], message: str
+) -> None:
+    result = run_site(inventory, extra_vars)
+
+    assert result.returncode != 0, result.stdout
+    assert message in result.stdout, result.stdout
+    assert "TASK [Gathering Facts]" not in result.stdout
+    assert f"{host}" in result.stdout
+    assert "changed=0" in result.stdout
+    assert changed_files(host) == ""
+
+
+GOOD_LIMITS = [
+    "5/10minute",
+    "100 per day",
+    "2/seconds",
+    "10/hour;1000/day",
+    "1 per 2 months,5/year|3/minute",
+]
+
+
+@pytest.mark.parametrize("limit", GOOD_LIMITS)
+def test_valid_rate_limit_passes_preflight(
+    host: str, inventory: Path, limit: str
+) -> None:
+    result = run_site(inventory, {"server_rate_limit": limit}, "preflight")
+
+    assert result.returncode == 0, result.stdout
+    assert "failed=0" in result.stdout
+    assert "changed=0" in result.stdout
+    # Fact gathering runs with every tag and leaves Ansible's remote temporary
+    # directory behind; nothing else may change.
+    ansible_temp = {"C /root", "A /root/.ansible", "A /root/.ansible/tmp"}
+    assert set(changed_files(host).splitlines()) <= ansible_temp
