@@ -24,7 +24,13 @@ from bench.configs import (
     gunicorn_targets,
     nginx_targets,
 )
-from bench.processes import GunicornServer, RedisServer, rss_kib
+from bench.processes import (
+    GunicornServer,
+    RedisServer,
+    cpu_seconds,
+    rss_kib,
+    tree_cpu_seconds,
+)
 
 log = logging.getLogger("bench")
 
@@ -95,11 +101,20 @@ def run_rounds(
         for conns in connections:
             shift = (round_index + conns) % len(targets)
             for target in targets[shift:] + targets[:shift]:
+                server_pid = target.server.process.pid
+                redis_pid = redis_server.process.pid
                 before = Counter(redis_server.command_calls())
+                server_cpu = tree_cpu_seconds(server_pid)
+                redis_cpu = cpu_seconds(redis_pid)
                 result = wrk.run(target.url, conns, seconds)
+                server_cpu = tree_cpu_seconds(server_pid) - server_cpu
+                redis_cpu = cpu_seconds(redis_pid) - redis_cpu
                 after = Counter(redis_server.command_calls())
                 commands = dict(after - before)
                 commands.pop("info", None)
+                # CPU time per request is steadier than requests/s when other
+                # processes share the machine, because waiting costs no CPU.
+                requests = max(result.requests, 1)
                 runs.append(
                     {
                         "target": target.name,
@@ -107,6 +122,8 @@ def run_rounds(
                         "connections": conns,
                         "result": result.__dict__,
                         "redis_commands": commands,
+                        "server_cpu_us": 1e6 * server_cpu / requests,
+                        "redis_cpu_us": 1e6 * redis_cpu / requests,
                     }
                 )
                 log.info(

@@ -8,6 +8,7 @@ from typing import Protocol
 
 from bench.processes import (
     GunicornServer,
+    ManagedProcess,
     NginxServer,
     RedisServer,
     bare_gunicorn_argv,
@@ -23,6 +24,7 @@ LIMIT_ALWAYS_EXCEEDED = "1/hour"
 
 class Server(Protocol):
     port: int
+    process: ManagedProcess
 
     def start(self) -> None: ...
 

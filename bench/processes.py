@@ -125,6 +125,19 @@ def child_pids(pid: int) -> list[int]:
     return children
 
 
+def cpu_seconds(pid: int) -> float:
+    """Return the user plus system CPU time pid has used, from /proc/PID/stat."""
+    # The command name in field 2 may contain spaces, so split after its ")".
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    user_ticks, system_ticks = int(fields[11]), int(fields[12])
+    return (user_ticks + system_ticks) / os.sysconf("SC_CLK_TCK")
+
+
+def tree_cpu_seconds(pid: int) -> float:
+    """Return the CPU time of pid and its direct children (workers) together."""
+    return cpu_seconds(pid) + sum(cpu_seconds(child) for child in child_pids(pid))
+
+
 def rss_kib(pid: int) -> int:
     """Return the resident set size of pid in KiB, from /proc/PID/status."""
     for line in Path(f"/proc/{pid}/status").read_text().splitlines():
@@ -247,6 +260,18 @@ class GunicornServer:
 
     def worker_pids(self) -> list[int]:
         return child_pids(self.process.pid)
+
+    def wait_for_workers(self, count: int) -> list[int]:
+        """Wait until the master has count workers and return their PIDs."""
+        deadline = time.monotonic() + STARTUP_TIMEOUT_SECONDS
+        while time.monotonic() < deadline:
+            pids = self.worker_pids()
+            if len(pids) == count:
+                return sorted(pids)
+            time.sleep(0.05)
+        raise RuntimeError(
+            f"{self.name} has workers {self.worker_pids()}, expected {count}"
+        )
 
 
 def bare_gunicorn_argv(

@@ -58,7 +58,13 @@ def summarise(data: dict[str, Any]) -> dict[tuple[str, int], dict[str, float]]:
     """Return median req/s, spread and median latencies per target and conns."""
     grouped: dict[tuple[str, int], list[dict[str, Any]]] = defaultdict(list)
     for run in data["runs"]:
-        grouped[(run["target"], run["connections"])].append(run["result"])
+        grouped[(run["target"], run["connections"])].append(
+            {
+                **run["result"],
+                "server_cpu_us": run["server_cpu_us"],
+                "redis_cpu_us": run["redis_cpu_us"],
+            }
+        )
     summary = {}
     for key, results in grouped.items():
         rates = [r["requests_per_second"] for r in results]
@@ -70,6 +76,8 @@ def summarise(data: dict[str, Any]) -> dict[tuple[str, int], dict[str, float]]:
             "spread_pct": 100 * (max(rates) - min(rates)) / median_rate,
             "p50": statistics.median(r["p50_ms"] for r in results),
             "p99": statistics.median(r["p99_ms"] for r in results),
+            "server_cpu_us": statistics.median(r["server_cpu_us"] for r in results),
+            "redis_cpu_us": statistics.median(r["redis_cpu_us"] for r in results),
             "non_2xx": sum(r["non_2xx"] for r in results),
             "requests": sum(r["requests"] for r in results),
             "socket_errors": sum(r["socket_errors"] for r in results),
@@ -108,8 +116,9 @@ Summary = dict[tuple[str, int], dict[str, float]]
 def _table(data: dict[str, Any], summary: Summary) -> str:
     lines = [
         "| Server | Conns | Median req/s | Min-max req/s (spread) | p50 ms | p99 ms "
-        "| req/s ÷ bare | p99 ÷ bare | Non-2xx | Socket errors |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
+        "| req/s ÷ bare | p99 ÷ bare | Server CPU µs/req | Redis CPU µs/req "
+        "| Non-2xx | Socket errors |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for conns in data["connections"]:
         for target in data["targets"]:
@@ -121,6 +130,7 @@ def _table(data: dict[str, Any], summary: Summary) -> str:
                 f"({row['spread_pct']:.0f}%) "
                 f"| {row['p50']:.2f} | {row['p99']:.2f} "
                 f"| {row['rps'] / base['rps']:.2f} | {row['p99'] / base['p99']:.2f} "
+                f"| {row['server_cpu_us']:.0f} | {row['redis_cpu_us']:.1f} "
                 f"| {row['non_2xx']:.0f} | {row['socket_errors']:.0f} |"
             )
     return "\n".join(lines)
@@ -131,8 +141,9 @@ def _target_checks(
 ) -> str:
     lines = [
         "| Setup | Conns | ours ÷ bare req/s (≥ 0.7) | over ÷ under limit req/s "
-        "(≥ 1.0) | ours p99 ÷ bare p99 (≤ 2.0) |",
-        "|---|---:|---:|---:|---:|",
+        "(≥ 1.0) | ours p99 ÷ bare p99 (≤ 2.0) | bare ÷ ours CPU/req, under "
+        "and over limit |",
+        "|---|---:|---:|---:|---:|---:|",
     ]
     for setup in data["setups"]:
         for conns in TARGET_CONNECTIONS:
@@ -148,7 +159,9 @@ def _target_checks(
                 f"| {setup} | {conns} "
                 f"| {throughput:.2f} {_mark(throughput >= MIN_THROUGHPUT_RATIO)} "
                 f"| {over_under:.2f} {_mark(over_under >= 1.0)} "
-                f"| {p99:.2f} {_mark(p99 <= MAX_P99_RATIO)} |"
+                f"| {p99:.2f} {_mark(p99 <= MAX_P99_RATIO)} "
+                f"| {bare['server_cpu_us'] / under['server_cpu_us']:.2f}, "
+                f"{bare['server_cpu_us'] / over['server_cpu_us']:.2f} |"
             )
     return "\n".join(lines)
 
@@ -262,11 +275,19 @@ on different days.
   request after the first rejected with 429).
 
 Ratios divide by bare gunicorn with the same worker setup; the nginx rows
-divide by the first setup ({data["setups"][0]}).
+divide by the first setup ({data["setups"][0]}). Server CPU is the user plus
+system time of the server's master and workers during the run, and Redis CPU
+that of redis-server, both from `/proc/PID/stat` and divided by the requests
+that wrk completed.
 
 ![Median requests/s per server](benchmarks.png)
 
 ## Targets at 16 and 64 connections
+
+The last column divides bare gunicorn's CPU time per request by ours. Waiting
+costs no CPU time, so this ratio moves less than requests/s when other
+processes load the machine, and it is the throughput ratio to expect when the
+servers are CPU-bound.
 
 {_target_checks(data, summary)}
 
