@@ -208,6 +208,7 @@ def plot(
     connections = data["connections"]
     width = 0.8 / len(connections)
     figure, axes = plt.subplots(figsize=(12, 6))
+
     for index, conns in enumerate(connections):
         medians = [summary[(t, conns)]["rps"] for t in targets]
         lows = [
@@ -227,12 +228,14 @@ def plot(
             capsize=2,
             label=f"{conns} connections",
         )
+
     axes.set_yscale("log")
     axes.set_ylabel("median requests/s (bars: min-max of rounds)")
     axes.set_xticks([i + 0.4 - width / 2 for i in range(len(targets))])
     axes.set_xticklabels(targets, rotation=35, ha="right", fontsize=8)
     axes.legend()
     axes.set_title(f"wrk, {data['seconds']} s per run, {data['rounds']} rounds")
+
     figure.tight_layout()
     figure.savefig(path, dpi=100)
     plt.close(figure)
