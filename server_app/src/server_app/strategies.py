@@ -150,7 +150,7 @@ class RememberingMovingWindow(MovingWindowRateLimiter):
 
     Once a moving window contains ``amount`` entries, no request is admitted until
     the oldest of them leaves the window, so rejecting locally until then gives
-    the same answers Redis would give.
+    the same results Redis would.
     """
 
     def __init__(self, storage: RedisStorage, health: StorageHealth) -> None:
