@@ -227,11 +227,36 @@ def test_moving_window_limits_exactly(
     responses = get_many(server.port, 8)
 
     assert [r.status for r in responses] == [200, 200] + [429] * 6
+    remaining = [r.headers["X-RateLimit-Remaining"] for r in responses[:3]]
+    assert remaining == ["1", "0", "0"]
+    reset = int(responses[2].headers["X-RateLimit-Reset"])
+    assert time.time() < reset <= time.time() + 61
     keys = redis_client.keys("LIMITS:*")
     assert keys == [b"LIMITS:LIMITER/127.0.0.1/index/2/1/minute"]
     assert redis_client.type(keys[0]) == b"list"
     assert redis_client.llen(keys[0]) == 2
-    assert responses[-1].headers["X-RateLimit-Remaining"] == "0"
+
+
+def test_moving_window_slides(start_gunicorn: StartGunicorn) -> None:
+    server = start_gunicorn(
+        RATE_LIMIT="2/4second",
+        RATE_LIMIT_STRATEGY="moving-window",
+        GUNICORN_WORKERS="3",
+    )
+    started = time.monotonic()
+
+    first = request(server.port).status
+    time.sleep(2.0)
+    second = [request(server.port).status for _ in range(2)]
+    time.sleep(max(0.0, started + 4.2 - time.monotonic()))
+    # Only the first entry has left the window, so one more is admitted. A
+    # fixed window would have admitted two here.
+    third = [request(server.port).status for _ in range(2)]
+
+    assert time.monotonic() < started + 5.9, "the run was too slow to judge"
+    assert first == 200
+    assert second == [200, 429]
+    assert third == [200, 429]
 
 
 def test_several_limits_apply_together(start_gunicorn: StartGunicorn) -> None:

@@ -40,6 +40,45 @@ end
 return {current, redis.call("pttl", KEYS[1])}
 """
 
+# Acquire ``cost`` entries in a moving window kept as a list of timestamps,
+# newest first, in the same layout as limits' own moving window. Returns
+# whether the entries were acquired, the number of entries inside the window
+# and the timestamp of the oldest of them (now when there is none).
+_ACQUIRE_MOVING_WINDOW = b"""
+local now = tonumber(ARGV[1])
+local limit = tonumber(ARGV[2])
+local expiry = tonumber(ARGV[3])
+local cost = tonumber(ARGV[4])
+local start = now - expiry
+local acquired = 0
+if cost <= limit then
+    local entry = redis.call("lindex", KEYS[1], limit - cost)
+    if not (entry and tonumber(entry) >= start) then
+        for _ = 1, cost do
+            redis.call("lpush", KEYS[1], ARGV[1])
+        end
+        redis.call("ltrim", KEYS[1], 0, limit - 1)
+        redis.call("expire", KEYS[1], expiry)
+        acquired = 1
+    end
+end
+local low, high, last = 0, redis.call("llen", KEYS[1]) - 1, -1
+while low <= high do
+    local middle = math.floor((low + high) / 2)
+    if tonumber(redis.call("lindex", KEYS[1], middle)) >= start then
+        last = middle
+        low = middle + 1
+    else
+        high = middle - 1
+    end
+end
+local oldest = ARGV[1]
+if last >= 0 then
+    oldest = redis.call("lindex", KEYS[1], last)
+end
+return {acquired, last + 1, oldest}
+"""
+
 # Drop exhausted keys whose window has reset once this many are remembered.
 _MAX_EXHAUSTED_KEYS = 10_000
 
@@ -145,17 +184,19 @@ class OneTripFixedWindow(FixedWindowRateLimiter):
         return super().get_window_stats(item, *identifiers)
 
 
-class RememberingMovingWindow(MovingWindowRateLimiter):
-    """A moving window that skips Redis for keys known to be exhausted.
+class OneTripMovingWindow(MovingWindowRateLimiter):
+    """A moving window that acquires and reads the window in one script.
 
-    Once a moving window contains ``amount`` entries, no request is admitted until
-    the oldest of them leaves the window, so rejecting locally until then gives
-    the same results Redis would.
+    Once a moving window contains ``amount`` entries, no request is admitted
+    until the oldest of them leaves the window, so rejecting locally until then
+    gives the same results Redis would.
     """
 
     def __init__(self, storage: RedisStorage, health: StorageHealth) -> None:
         super().__init__(storage)
+        self.redis_storage = storage
         self.health = health
+        self._script = storage.get_connection().register_script(_ACQUIRE_MOVING_WINDOW)
         self._exhausted = _ExhaustedKeys()
         self._last = _LastWindow()
 
@@ -168,20 +209,22 @@ class RememberingMovingWindow(MovingWindowRateLimiter):
         if reset_at is not None:
             self._last.stats[key] = WindowStats(reset_at, 0)
             return False
+        expiry = item.get_expiry()
         try:
-            # NOTE: admitted requests take two round trips here, one to acquire
-            # an entry and one to read the window for the headers. Only the
-            # fixed window has a combined script.
-            admitted = super().hit(item, *identifiers, cost=cost)
-            stats = super().get_window_stats(item, *identifiers)
+            acquired, count, oldest = self._script(
+                [self.redis_storage.prefixed_key(key)],
+                [now, item.amount, expiry, cost],
+            )
         except RedisError as error:
             self.health.record_failure(error)
             raise
         self.health.record_success()
-        self._last.stats[key] = stats
-        if stats.remaining <= 0:
-            self._exhausted.add(key, stats.reset_time, now)
-        return admitted
+        reset_at = float(oldest) + expiry
+        remaining = max(0, item.amount - int(count))
+        self._last.stats[key] = WindowStats(reset_at, remaining)
+        if remaining == 0:
+            self._exhausted.add(key, reset_at, now)
+        return bool(acquired)
 
     def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
         stats = self._last.stats.get(item.key_for(*identifiers))
@@ -195,5 +238,5 @@ def create_strategy(
 ) -> RateLimiter:
     """Return the rate limiter for ``strategy`` on the Redis ``storage``."""
     if strategy == "moving-window":
-        return RememberingMovingWindow(storage, health)
+        return OneTripMovingWindow(storage, health)
     return OneTripFixedWindow(storage, health)
