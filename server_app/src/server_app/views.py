@@ -59,6 +59,8 @@ def _rate_limit_body(limit: str) -> str:
 
 def storage_error(error: RedisError) -> tuple[flask.Response, int]:
     """Return 503 when Redis fails and RATE_LIMIT_ON_STORAGE_ERROR is reject."""
+    # The strategy has logged the start of the outage once, so the handler
+    # does not log each rejected request.
     body = {"error": "rate limit storage unavailable"}
     return flask.jsonify(body), 503
 
