@@ -18,8 +18,8 @@ start_host() {
         echo "Host $name exists; reusing it."
         return 0
     fi
-    # The set of options that lets systemd boot unprivileged in a container;
-    # Debian's redis-server unit needs SYS_PTRACE for its ProtectProc=.
+    # These options let systemd boot in an unprivileged container. Debian's
+    # redis-server unit needs SYS_PTRACE for its ProtectProc= setting.
     docker run --detach --name "$name" --hostname "$name" --network "$network" \
         --cap-add SYS_ADMIN --cap-add SYS_PTRACE --security-opt seccomp=unconfined \
         --cgroupns=host --volume /sys/fs/cgroup:/sys/fs/cgroup:rw \

@@ -1,9 +1,9 @@
 """Test that site.yml stops in preflight, before any host changes.
 
-Each case runs the whole site.yml with one bad extra variable against a
-throwaway container (no systemd needed: nothing may run on it) and checks the
-exit status, the message naming the variable and value, the recap, and that
-`docker diff` shows no file changed in the container.
+Each case runs the whole site.yml with one bad extra variable against an idle
+container, which needs no systemd because nothing may run on it. The case
+checks the exit status, the message naming the variable and value, and the
+recap, and `docker diff` must show that no file in the container changed.
 """
 
 from __future__ import annotations
@@ -33,7 +33,7 @@ pytestmark = pytest.mark.skipif(
 
 @pytest.fixture(scope="module")
 def host() -> Iterator[str]:
-    """Start an idle container from the test-host image; remove it afterwards."""
+    """Start an idle container from the test-host image and remove it afterwards."""
     name = f"{CONTAINER_PREFIX}-preflight-{uuid.uuid4().hex[:8]}"
     found = subprocess.run(
         ["docker", "image", "inspect", IMAGE], capture_output=True, check=False
@@ -58,6 +58,29 @@ def inventory(host: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
         "redis": member,
         "servers": member,
         "clients": member,
+        "all": {
+            "vars": {
+                "ansible_connection": "community.docker.docker",
+                "vault_redis_requirepass": "preflight-test-password",
+            }
+        },
+    }
+    path.write_text(json.dumps(content))
+    return path
+
+
+@pytest.fixture(scope="module")
+def split_inventory(host: str, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Write an inventory with the container as Redis host and server only.
+
+    The client host does not exist: the preflight play must stop the whole
+    run before any play connects to a host.
+    """
+    path = tmp_path_factory.mktemp("split-inventory") / "hosts.yml"
+    content = {
+        "redis": {"hosts": {host: None}},
+        "servers": {"hosts": {host: None}},
+        "clients": {"hosts": {f"{host}-absent-client": None}},
         "all": {
             "vars": {
                 "ansible_connection": "community.docker.docker",
@@ -96,7 +119,7 @@ def run_site(
 
 
 def changed_files(host: str) -> str:
-    """Return `docker diff` of the container: files changed since it started."""
+    """Return `docker diff` of the container, the files changed since it started."""
     result = subprocess.run(
         ["docker", "diff", host], capture_output=True, text=True, check=True
     )
@@ -147,6 +170,15 @@ def test_bad_input_stops_before_changes(
     assert changed_files(host) == ""
 
 
+def test_bad_client_input_stops_other_hosts(host: str, split_inventory: Path) -> None:
+    result = run_site(split_inventory, {"client_backoff_factor": "abc"})
+
+    assert result.returncode != 0, result.stdout
+    assert "Invalid client_backoff_factor 'abc'" in result.stdout, result.stdout
+    assert "TASK [Gathering Facts]" not in result.stdout
+    assert changed_files(host) == ""
+
+
 GOOD_LIMITS = [
     "5/10minute",
     "100 per day",
@@ -166,6 +198,6 @@ def test_valid_rate_limit_passes_preflight(
     assert "failed=0" in result.stdout
     assert "changed=0" in result.stdout
     # Fact gathering runs with every tag and leaves Ansible's remote temporary
-    # directory behind; nothing else may change.
+    # directory behind. Nothing else may change.
     ansible_temp = {"C /root", "A /root/.ansible", "A /root/.ansible/tmp"}
     assert set(changed_files(host).splitlines()) <= ansible_temp
