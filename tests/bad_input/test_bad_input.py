@@ -7,6 +7,7 @@ BAD_INPUT_TABLE names the output file.
 
 from __future__ import annotations
 
+import html
 import json
 import os
 import re
@@ -225,7 +226,7 @@ def request_server(
 def body_text(body: bytes) -> str:
     """Return the body with HTML tags removed and whitespace collapsed."""
     text = re.sub(r"<[^>]+>", " ", body.decode(errors="replace"))
-    return " ".join(text.split())
+    return html.unescape(" ".join(text.split()))
 
 
 def exchange(port: int, data: bytes) -> tuple[int, dict[str, str], bytes]:
@@ -264,7 +265,7 @@ def test_server_answers_bad_request(
         "HTTP request",
         case,
         f"{status} from {responder}",
-        f"{seen_status} {content_type}: `{body_text(body)[:100]}`",
+        f"{seen_status} {content_type}: `{body_text(body)[:120]}`",
     )
     assert seen_status == status
     if responder == "flask":
