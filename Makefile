@@ -52,7 +52,7 @@ $(VENV)/.bench-requirements: bench/requirements.txt $(BIN)/activate
 bench: venv $(VENV)/.bench-requirements  ## Benchmark against bare gunicorn and nginx (about 10 min).
 	python -m bench
 
-test-load: venv  ## Load, fault and bad-input tests on loopback (about 4 min).
+test-load: venv  ## Load, fault and bad-input tests on loopback (about 2 min).
 	pytest tests/load tests/faults tests/bad_input
 
 bad-inputs-doc: venv  ## Rerun the bad-input tests and write docs/bad-inputs.md.
