@@ -6,7 +6,7 @@ from collections.abc import Iterator, Mapping
 from pathlib import Path
 
 import pytest
-from server_support import StartServer
+from live_server import StartServer
 
 from bench.processes import GunicornServer, RedisServer
 

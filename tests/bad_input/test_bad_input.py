@@ -18,7 +18,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from server_support import StartServer, client_request_counts
+from live_server import StartServer, client_request_counts
 
 from bench.processes import (
     GUNICORN,

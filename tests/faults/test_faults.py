@@ -11,8 +11,8 @@ import sys
 import time
 
 import pytest
+from live_server import StartServer
 from loadgen import Endpoint, LoadResult, run_load
-from server_support import StartServer
 
 from bench.processes import GunicornServer, RedisServer, free_port
 

@@ -8,8 +8,8 @@ admitted exactly 1000 requests and rejected for the rest.
 
 from __future__ import annotations
 
+from live_server import StartServer, client_request_counts
 from loadgen import Endpoint, LoadResult, run_load
-from server_support import StartServer, client_request_counts
 
 from bench.processes import GunicornServer, RedisServer
 
