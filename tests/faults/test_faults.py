@@ -3,9 +3,11 @@
 from __future__ import annotations
 
 import concurrent.futures
+import contextlib
 import http.client
 import json
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -134,6 +136,32 @@ def test_redis_restart_loses_counters(
     ]
     assert get(server, "/healthz")[0] == 200
     assert "Traceback" not in server.process.output()
+
+
+def test_server_sigkill_keeps_limit(
+    redis_server: RedisServer, start_server: StartServer
+) -> None:
+    settings = {
+        "RATE_LIMIT": "3/minute",
+        "REDIS_URL": redis_server.url(),
+        "GUNICORN_WORKERS": str(WORKERS),
+    }
+    first = start_server(settings)
+    workers = first.wait_for_workers(WORKERS)
+    assert [get(first)[0] for _ in range(3)] == [200, 200, 200]
+
+    # SIGKILL leaves gunicorn no chance to clean up, as a crash would; a
+    # service manager would then start a new server, as this test does.
+    first.process.stop(signal.SIGKILL)
+    for pid in workers:
+        with contextlib.suppress(ProcessLookupError):
+            os.kill(pid, signal.SIGKILL)
+    second = start_server(settings)
+
+    # The counter lives in Redis, so the new server rejects the fourth request.
+    status, body = get(second)
+    assert status == 429
+    assert body == {"error": "rate limit exceeded", "limit": "3 per 1 minute"}
 
 
 def test_client_with_server_down() -> None:
