@@ -150,8 +150,8 @@ def test_server_sigkill_keeps_limit(
     workers = first.wait_for_workers(WORKERS)
     assert [get(first)[0] for _ in range(3)] == [200, 200, 200]
 
-    # SIGKILL leaves gunicorn no chance to clean up, as a crash would; a
-    # service manager would then start a new server, as this test does.
+    # SIGKILL gives gunicorn no chance to clean up, as in a crash. A service
+    # manager would then start a new server, as this test does.
     first.process.stop(signal.SIGKILL)
     for pid in workers:
         with contextlib.suppress(ProcessLookupError):
