@@ -1,4 +1,4 @@
-"""Faults with real processes: Redis killed or restarted, the server down."""
+"""Faults with real processes: Redis killed or restarted, the server killed or down."""
 
 from __future__ import annotations
 
