@@ -141,10 +141,11 @@ class RedisServer:
         self.process = None
 
     def _answers_ping(self) -> bool:
-        try:
-            return bool(self.client().ping())
-        except redis.ConnectionError:
-            return False
+        with self.client() as client:
+            try:
+                return bool(client.ping())
+            except redis.ConnectionError:
+                return False
 
 
 @dataclass

@@ -95,7 +95,8 @@ def test_create_app_rejects_invalid_limit() -> None:
 
 
 def test_factory_app_limits_with_redis(redis_server: RedisServer) -> None:
-    redis_server.client().flushall()
+    with redis_server.client() as redis_client:
+        redis_client.flushall()
     app = create_app({"RATE_LIMIT": "1/minute", "REDIS_URL": redis_server.url})
     client = app.test_client()
 
@@ -109,3 +110,5 @@ def test_factory_app_limits_with_redis(redis_server: RedisServer) -> None:
     assert other.status_code == 200
     assert client.get("/metrics").status_code == 200
     assert client.get("/missing").get_json() == {"error": "Not Found", "status": 404}
+    for limiter in app.extensions["limiter"]:
+        limiter.storage.get_connection().close()

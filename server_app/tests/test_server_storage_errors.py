@@ -48,11 +48,11 @@ def test_fallback_serves_from_memory(
     assert health.json() == {"status": "unavailable", "storage": "unreachable"}
 
     stoppable_redis.start()
-    client = stoppable_redis.client()
 
     def limited_in_redis_again() -> bool:
         assert request(server.port).status in (200, 429)
-        return bool(client.keys("LIMITS:*"))
+        with stoppable_redis.client() as client:
+            return bool(client.keys("LIMITS:*"))
 
     # flask-limiter probes Redis again after 1, 2, 4 ... 32 s of outage.
     wait_until(limited_in_redis_again, 40, "the limiter uses Redis again")
