@@ -65,4 +65,33 @@ test-containers: venv  ## Build both images from a local base and run the compos
 test-kubernetes: venv  ## Validate the Kubernetes manifests offline and render the kustomize build.
 	pytest tests/k8s
 
+# Molecule runs every scenario on both test-host images. The images come from
+# molecule/images/build.sh, which keeps an image that already exists.
+MOLECULE_DISTROS ?= debian12 debian13
+MOLECULE_SCENARIOS ?= default multihost
+
+.PHONY: images test-ansible test-molecule demo demo-clean
+images:  ## Build the systemd test-host images for Debian 12 and 13 locally.
+	molecule/images/build.sh $(MOLECULE_DISTROS)
+
+test-ansible: venv images  ## Check that bad group_vars stop site.yml before any change (about 1 min).
+	pytest tests/ansible
+
+test-molecule: venv images  ## Run every molecule scenario on Debian 12 and 13 (about 25 min).
+	for distro in $(MOLECULE_DISTROS); do \
+		for scenario in $(MOLECULE_SCENARIOS); do \
+			echo "== molecule test -s $$scenario on $$distro"; \
+			start=$$(date +%s); \
+			MOLECULE_DISTRO=$$distro molecule test -s $$scenario; \
+			echo "== $$scenario on $$distro passed in $$(( $$(date +%s) - start )) s"; \
+		done; \
+	done
+
+demo: venv  ## Deploy site.yml to three local systemd containers and show the result.
+	molecule/images/build.sh debian12
+	inventory/demo/demo.sh up
+
+demo-clean:  ## Remove the demo containers and their network.
+	inventory/demo/demo.sh down
+
 test: prepare lint test-apps test-containers test-kubernetes  ## Run every test: lint, apps, containers, molecule.
