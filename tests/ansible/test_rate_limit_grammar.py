@@ -16,9 +16,12 @@ SERVER_VARS = Path(__file__).resolve().parents[2] / "roles/server/vars/main.yml"
 def preflight_pattern() -> re.Pattern[str]:
     """Build the regular expression that the preflight's Jinja template renders."""
     role_vars = yaml.safe_load(SERVER_VARS.read_text())
-    item = role_vars["_server_rate_limit_item"]
-    template = role_vars["_server_rate_limit_pattern"]
-    pattern = template.replace("{{ _server_rate_limit_item }}", item)
+    pattern = role_vars["_server_rate_limit_pattern"]
+    # The pattern is built from other role variables, each inserted as
+    # "{{ name }}"; substitute them until none is left.
+    reference = re.compile(r"\{\{ (_server_rate_limit_\w+) \}\}")
+    while reference.search(pattern):
+        pattern = reference.sub(lambda match: role_vars[match.group(1)], pattern)
     return re.compile(pattern, re.IGNORECASE)
 
 
