@@ -3,14 +3,18 @@
 from __future__ import annotations
 
 import logging
-from typing import cast
+from typing import TYPE_CHECKING, cast
 
 import flask
-from flask_limiter import Limiter
+from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
 from limits.storage import RedisStorage
 
 from server_app.config import AppSettings
 from server_app.strategies import StorageHealth, create_strategy
+
+if TYPE_CHECKING:
+    # flask-limiter 4 does not export the type of its resolved limits.
+    from flask_limiter._limits import RuntimeLimit
 
 
 def client_address() -> str:
@@ -47,6 +51,7 @@ class ServerLimiter(Limiter):
         )
         self.settings = settings
         self.health = StorageHealth(settings.redis_url_for_logs)
+        self._index_limits: list[RuntimeLimit] = []
 
     def init_app(self, app: flask.Flask) -> None:
         super().init_app(app)
@@ -58,6 +63,72 @@ class ServerLimiter(Limiter):
         self._limiter = create_strategy(
             self.settings.rate_limit_strategy, storage, self.health
         )
+        # RATE_LIMIT is read once at start, so its limits are resolved once,
+        # in the order flask-limiter checks them.
+        self._index_limits = sorted(
+            self.limit_manager.default_limits, key=lambda limit: limit.limit
+        )
+
+    def _check_request_limit(
+        self, callable_name: str | None = None, in_middleware: bool = True
+    ) -> None:
+        """Check the limits of ``/`` directly and leave other cases to flask-limiter.
+
+        For every request flask-limiter resolves the limits of the endpoint
+        anew: exemptions, blueprints, decorators, meta limits and the
+        fallback. Only ``/`` has limits here, always the RATE_LIMIT defaults,
+        so the check of ``/`` hits them directly while Redis is in use. The
+        fallback storage, exempt endpoints and unknown paths still take
+        flask-limiter's own path.
+        """
+        if (
+            not in_middleware
+            or self._storage_dead
+            or not self.enabled
+            or flask.request.endpoint != "index"
+        ):
+            super()._check_request_limit(callable_name, in_middleware)
+            return
+        try:
+            self._hit_index_limits()
+        except RateLimitExceeded:
+            raise
+        except Exception:
+            if not self._in_memory_fallback_enabled:
+                raise
+            # The same switch to the fallback as flask-limiter's own check.
+            self.logger.warning(
+                "Rate limit storage unreachable - falling back to in-memory storage"
+            )
+            self._storage_dead = True
+            self.context.seen_limits.clear()
+            super()._check_request_limit(callable_name, in_middleware)
+
+    def _hit_index_limits(self) -> None:
+        """Hit each RATE_LIMIT item for the client and raise on the first breach.
+
+        The keys, the header limit and the exception are the ones
+        flask-limiter's own check produces for a default limit that has no
+        scope, cost or condition.
+        """
+        context = self.context
+        context.seen_limits.update(self._index_limits)
+        key = client_address()
+        method = flask.request.method
+        view_limits: list[RequestLimit] = []
+        for limit in self._index_limits:
+            args = [key, limit.scope_for("index", method)]
+            if self._key_prefix:
+                args.insert(0, self._key_prefix)
+            request_limit = RequestLimit(self, limit.limit, args, False, limit.shared)
+            view_limits.append(request_limit)
+            if not self.limiter.hit(limit.limit, *args, cost=limit.deduction_amount):
+                request_limit.breached = True
+                context.view_rate_limit = request_limit
+                context.view_rate_limits = view_limits
+                raise RateLimitExceeded(limit)
+        context.view_rate_limit = view_limits[0] if view_limits else None
+        context.view_rate_limits = view_limits
 
     def storage_is_reachable(self) -> bool:
         """Return whether Redis replies to PING within the timeout."""
