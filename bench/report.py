@@ -25,6 +25,30 @@ MIN_THROUGHPUT_RATIO = 0.7
 MAX_P99_RATIO = 2.0
 
 
+def _server_app_revision() -> str:
+    """Return the commit of server_app/ and whether its files differ from it."""
+    repo = Path(__file__).resolve().parent.parent
+    commit = subprocess.run(
+        ["git", "-C", str(repo), "log", "-1", "--format=%h", "--", "server_app"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    changed = subprocess.run(
+        ["git", "-C", str(repo), "status", "--porcelain", "--", "server_app/src"],
+        capture_output=True,
+        text=True,
+        check=False,
+    ).stdout.strip()
+    if not commit:
+        return "unknown (not a git checkout)"
+    if changed:
+        return (
+            f"{commit} with uncommitted changes to {', '.join(changed.split()[1::2])}"
+        )
+    return commit
+
+
 def machine_description() -> dict[str, str]:
     """Return the CPU, core count and versions the numbers were measured with."""
     cpu = "unknown"
@@ -45,6 +69,7 @@ def machine_description() -> dict[str, str]:
         for name in ("flask", "gunicorn", "flask-limiter", "limits", "redis")
     }
     return {
+        "server_app": _server_app_revision(),
         "cpu": cpu,
         "cores": str(os.cpu_count()),
         "kernel": platform.release(),
@@ -259,6 +284,7 @@ each round. The whole run took {data["elapsed_seconds"]} s. The numbers are
 ratios measured side by side on one shared machine: compare rows, not runs
 on different days.
 
+- server_app: {machine.get("server_app", "not recorded")}.
 - Machine: {machine["cpu"]}, {machine["cores"]} cores, Linux {machine["kernel"]},
   Python {machine["python"]}.
 - Tools: {machine["tools"]}.
