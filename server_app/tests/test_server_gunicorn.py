@@ -304,3 +304,40 @@ def test_metrics_dir_created_when_unset(start_gunicorn: StartGunicorn) -> None:
     metrics = scrape(server.port)
     assert sample(metrics, "flask_http_request_total", method="GET", status="200") == 1
     assert sample(metrics, "flask_http_request_total", method="GET", status="429") == 2
+
+
+def test_limit_survives_script_flush(
+    start_gunicorn: StartGunicorn, redis_client: redis.Redis
+) -> None:
+    server = start_gunicorn(RATE_LIMIT="3/minute", GUNICORN_WORKERS="1")
+
+    first = request(server.port)
+    redis_client.script_flush()
+    second = request(server.port)
+
+    assert first.status == 200
+    assert second.status == 200
+    assert first.headers["X-RateLimit-Remaining"] == "2"
+    assert second.headers["X-RateLimit-Remaining"] == "1"
+    key = b"LIMITS:LIMITER/127.0.0.1/index/3/1/minute"
+    assert redis_client.get(key) == b"2"
+
+
+def test_duration_histogram_by_endpoint(start_gunicorn: StartGunicorn) -> None:
+    server = start_gunicorn(RATE_LIMIT="1/minute")
+
+    paths = ("/", "/", "/nope", "/healthz", "/metrics")
+    codes = [request(server.port, path).status for path in paths]
+
+    assert codes == [200, 429, 404, 200, 200]
+    metrics = scrape(server.port)
+    name = "flask_http_request_duration_seconds_count"
+    assert sample(metrics, name, method="GET", endpoint="index", status="200") == 1
+    assert sample(metrics, name, method="GET", endpoint="index", status="429") == 1
+    assert sample(metrics, name, method="GET", endpoint="None", status="404") == 1
+    assert sample(metrics, name, method="GET", endpoint="healthz", status="200") == 0
+    assert (
+        sample(metrics, name, method="GET", endpoint="prometheus_metrics", status="200")
+        == 0
+    )
+    assert sample(metrics, "flask_http_request_total", method="GET", status="404") == 1

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import threading
 from typing import TYPE_CHECKING, cast
 
 import flask
@@ -52,6 +53,7 @@ class ServerLimiter(Limiter):
         self.settings = settings
         self.health = StorageHealth(settings.redis_url_for_logs)
         self._index_limits: list[RuntimeLimit] = []
+        self._fallback_lock = threading.Lock()
 
     def init_app(self, app: flask.Flask) -> None:
         super().init_app(app)
@@ -96,11 +98,15 @@ class ServerLimiter(Limiter):
         except Exception:
             if not self._in_memory_fallback_enabled:
                 raise
-            # The same switch to the fallback as flask-limiter's own check.
-            self.logger.warning(
-                "Rate limit storage unreachable - falling back to in-memory storage"
-            )
-            self._storage_dead = True
+            # The same switch to the fallback as flask-limiter's own check,
+            # logged by only one of the threads that fail at the same time.
+            with self._fallback_lock:
+                first_failure = not self._storage_dead
+                self._storage_dead = True
+            if first_failure:
+                self.logger.warning(
+                    "Rate limit storage unreachable - falling back to in-memory storage"
+                )
             self.context.seen_limits.clear()
             super()._check_request_limit(callable_name, in_middleware)
 
