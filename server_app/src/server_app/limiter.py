@@ -83,6 +83,8 @@ class ServerLimiter(Limiter):
         fallback storage, exempt endpoints and unknown paths still take
         flask-limiter's own path.
         """
+        # NOTE: this overrides private parts of flask-limiter 4.1 (this method,
+        # _storage_dead, _key_prefix), so check them on every upgrade.
         if (
             not in_middleware
             or self._storage_dead
