@@ -32,7 +32,7 @@ def _duration_ms(text: str) -> float:
 
 def parse(output: str) -> WrkResult:
     """Parse the summary that `wrk --latency` prints."""
-    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)$", output, re.MULTILINE))
+    percentiles = dict(re.findall(r"^\s+(50|99)%\s+(\S+)\s*$", output, re.MULTILINE))
     requests = re.search(r"^\s+(\d+) requests in", output, re.MULTILINE)
     rate = re.search(r"^Requests/sec:\s+([\d.]+)$", output, re.MULTILINE)
     if requests is None or rate is None or set(percentiles) != {"50", "99"}:
