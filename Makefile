@@ -87,7 +87,7 @@ test-molecule: venv images  ## Run every molecule scenario on Debian 12 and 13 (
 		done; \
 	done
 
-demo: venv  ## Deploy site.yml to three local systemd containers and show the result.
+demo: prepare venv  ## Deploy site.yml to three local systemd containers and show the result.
 	molecule/images/build.sh debian12
 	inventory/demo/demo.sh up
 
