@@ -9,7 +9,7 @@ from http.server import ThreadingHTTPServer
 from pathlib import Path
 
 import pytest
-from client_live_service import RedisServer, Service, start_redis, start_service, stop
+from client_live_service import RedisServer, Service, start_service
 from client_support import Script, ScriptedServer, handler_class
 
 
@@ -47,9 +47,10 @@ def closed_port_url() -> str:
 @pytest.fixture
 def redis_server(tmp_path: Path) -> Iterator[RedisServer]:
     """Start a redis-server without persistence and stop it afterwards."""
-    server = start_redis(tmp_path)
+    server = RedisServer(tmp_path / "redis")
+    server.start()
     yield server
-    stop(server.process)
+    server.stop()
 
 
 @pytest.fixture
@@ -63,11 +64,11 @@ def live_service(
     started: list[Service] = []
 
     def start(rate_limit: str, **settings: str) -> Service:
-        service = start_service(tmp_path, redis_server.url, rate_limit, **settings)
+        service = start_service(tmp_path, redis_server.url(), rate_limit, **settings)
         started.append(service)
         return service
 
     yield start
 
     for service in started:
-        stop(service.process)
+        service.stop()

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 
-from client_live_service import RedisServer, Service, stop
+from client_live_service import RedisServer, Service
 from client_support import run_client
 
 StartService = Callable[..., Service]
@@ -119,7 +119,7 @@ def test_storage_reject_policy_exits_4(
     live_service: StartService, redis_server: RedisServer
 ) -> None:
     service = live_service("100/minute", RATE_LIMIT_ON_STORAGE_ERROR="reject")
-    stop(redis_server.process)
+    redis_server.stop()
 
     result = run_client(
         {
@@ -140,7 +140,7 @@ def test_storage_reject_policy_exits_4(
 
 def test_stopped_service_exits_4(live_service: StartService) -> None:
     service = live_service("100/minute")
-    stop(service.process)
+    service.stop()
 
     result = run_client(
         {
