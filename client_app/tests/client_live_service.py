@@ -1,8 +1,8 @@
 """The real service for the client's end-to-end tests.
 
-redis-server and gunicorn serving server_app come from the process helpers
-that the benchmark and the load tests use too (bench/processes.py); this
-module adds what the client tests ask of a running service.
+redis-server and gunicorn start through bench/processes.py, the helpers that
+the benchmark and the load tests use too. This module adds what the client
+tests ask of a running service.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import urllib.error
 import urllib.request
 from dataclasses import dataclass
 from pathlib import Path
+
+from prometheus_client.parser import text_string_to_metric_families
 
 from bench.processes import GunicornServer, RedisServer
 
@@ -44,10 +46,6 @@ class Service:
 
     def metrics(self) -> dict[tuple[str, frozenset[tuple[str, str]]], float]:
         """Scrape /metrics and return each sample's value by name and labels."""
-        # prometheus_client is one of server_app's dependencies. Importing it
-        # here lets the other client tests run in a venv without them.
-        from prometheus_client.parser import text_string_to_metric_families
-
         with _DIRECT.open(self.url + "metrics", timeout=5) as response:
             text = response.read().decode()
         samples = {}
