@@ -94,4 +94,4 @@ demo: prepare venv  ## Deploy site.yml to three local systemd containers and sho
 demo-clean:  ## Remove the demo containers and their network.
 	inventory/demo/demo.sh down
 
-test: prepare lint test-apps test-containers test-kubernetes test-ansible test-molecule  ## Run every test: lint, apps, containers, molecule.
+test: prepare lint test-apps test-load test-containers test-kubernetes test-ansible test-molecule  ## Run every test: lint, apps, load, containers, molecule.
