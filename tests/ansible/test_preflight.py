@@ -148,8 +148,24 @@ BAD_INPUTS = [
         "Invalid client_backoff_factor 'abc'",
     ),
     (
+        {"client_total_requests": 0},
+        "Invalid client_total_requests '0': expected a whole number from 1 to 1000000",
+    ),
+    (
+        {"client_backoff_factor": 5000},
+        "Invalid client_backoff_factor '5000'",
+    ),
+    (
+        {"server_gunicorn_workers": 65},
+        "Invalid server_gunicorn_workers '65': expected a whole number from 1 to 64",
+    ),
+    (
         {"vault_redis_requirepass": ""},
-        "redis_requirepass is empty, missing or contains whitespace",
+        "redis_requirepass is empty, missing, or contains whitespace",
+    ),
+    (
+        {"vault_redis_requirepass": 'pass"word'},
+        "redis_requirepass is empty, missing, or contains whitespace, a quote",
     ),
 ]
 
