@@ -89,9 +89,9 @@ test-molecule: venv images  ## Run every molecule scenario on Debian 12 and 13 (
 
 demo: prepare venv  ## Deploy site.yml to three local systemd containers and show the result.
 	molecule/images/build.sh debian12
-	inventory/demo/demo.sh up
+	scripts/demo.sh up
 
 demo-clean:  ## Remove the demo containers and their network.
-	inventory/demo/demo.sh down
+	scripts/demo.sh down
 
 test: prepare lint test-apps test-load test-containers test-kubernetes test-ansible test-molecule  ## Run every test: lint, apps, load, containers, molecule.

@@ -2,11 +2,13 @@
 # Start throwaway systemd hosts for the demo inventory, deploy site.yml to
 # them, and show the client's journal and the server's metrics.
 #
-# Usage: inventory/demo/demo.sh up|down
+# Usage: scripts/demo.sh up|down
 # The hosts are containers of ratelimit-systemd:debian12 (build it with
-# molecule/images/build.sh) on the network ratelimit-demo.
+# molecule/images/build.sh) on the network ratelimit-demo, and the inventory
+# is inventory/demo. This script lives outside that folder because Ansible
+# would run any executable file in an inventory folder as an inventory script.
 set -euo pipefail
-cd "$(dirname "$0")/../.."
+cd "$(dirname "$0")/.."
 
 readonly image="${RATELIMIT_DEMO_IMAGE:-ratelimit-systemd:debian12}"
 readonly network="ratelimit-demo"
@@ -53,15 +55,26 @@ up() {
         wait_for_systemd "$name"
     done
 
+    local since
+    since=$(docker exec ratelimit-demo-client date '+%Y-%m-%d %H:%M:%S')
     ansible-playbook --inventory inventory/demo site.yml
 
     echo
-    echo "== journalctl -u ratelimit-client (on ratelimit-demo-client)"
-    docker exec ratelimit-demo-client journalctl --unit ratelimit-client --no-pager --output cat
+    echo "== journalctl -u ratelimit-client --since '$since' (on ratelimit-demo-client)"
+    # The play starts the client only when it or its settings changed, so a
+    # re-run may leave nothing new in the journal.
+    if ! docker exec ratelimit-demo-client journalctl --unit ratelimit-client \
+        --since "$since" --no-pager --output cat --quiet | grep .; then
+        echo "(the client did not run in this play; start it with"
+        echo " docker exec ratelimit-demo-client systemctl start ratelimit-client)"
+    fi
     echo
     echo "== curl http://localhost/metrics (on ratelimit-demo-server)"
-    docker exec ratelimit-demo-server curl --silent --show-error http://localhost/metrics \
-        | grep -E '^(flask_http_request_total|client_requests_total)'
+    local metrics
+    metrics=$(docker exec ratelimit-demo-server curl --silent --show-error http://localhost/metrics)
+    if ! grep -E '^(flask_http_request_total|client_requests_total)' <<<"$metrics"; then
+        echo "(no request counted since the server last started)"
+    fi
 }
 
 down() {
