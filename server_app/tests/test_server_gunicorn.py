@@ -217,6 +217,26 @@ def test_trusted_proxy_uses_forwarded_for(start_gunicorn: StartGunicorn) -> None
     )
 
 
+def test_trusted_proxy_rejects_non_address(start_gunicorn: StartGunicorn) -> None:
+    server = start_gunicorn(RATE_LIMIT="2/minute", TRUSTED_PROXY_COUNT="1")
+
+    statuses = [
+        request(server.port, headers={"X-Forwarded-For": f"not-an-ip-{n}"}).status
+        for n in range(3)
+    ]
+
+    # Each bogus value falls back to the proxy's address, 127.0.0.1 here, so
+    # the three requests share one limit and one label.
+    assert statuses == [200, 200, 429]
+    metrics = scrape(server.port)
+    addresses = {
+        dict(labels)["address"]
+        for (name, labels) in metrics
+        if name == "client_requests_total"
+    }
+    assert addresses == {"127.0.0.1"}
+
+
 def test_moving_window_limits_exactly(
     start_gunicorn: StartGunicorn, redis_client: redis.Redis
 ) -> None:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import threading
 from typing import TYPE_CHECKING, cast
@@ -18,15 +19,33 @@ if TYPE_CHECKING:
     from flask_limiter._limits import RuntimeLimit
 
 
+# Where werkzeug's ProxyFix keeps the values it replaced (werkzeug 3.1).
+PROXY_FIX_ORIGINAL = "werkzeug.proxy_fix.orig"
+
+
 def client_address() -> str:
     """Return the client address the limit and the metrics are keyed on.
 
     This is the socket peer, or the address ProxyFix took from
-    X-Forwarded-For when TRUSTED_PROXY_COUNT is above 0.
+    X-Forwarded-For when TRUSTED_PROXY_COUNT is above 0. A forwarded value
+    that is not an IP address is replaced by the proxy's own address, so a
+    client cannot choose arbitrary keys and metric labels.
     """
     # NOTE: gunicorn bound to a unix socket passes no peer address, so all
     # clients share the key "unknown" unless a trusted proxy sets one.
-    return flask.request.remote_addr or "unknown"
+    address = flask.request.remote_addr or "unknown"
+    original = flask.request.environ.get(PROXY_FIX_ORIGINAL)
+    if original is not None and not _is_ip_address(address):
+        return str(original.get("REMOTE_ADDR") or "unknown")
+    return address
+
+
+def _is_ip_address(text: str) -> bool:
+    try:
+        ipaddress.ip_address(text)
+    except ValueError:
+        return False
+    return True
 
 
 class ServerLimiter(Limiter):
