@@ -77,7 +77,7 @@ images:  ## Build the systemd test-host images for Debian 12 and 13 locally.
 test-ansible: venv images  ## Check that bad group_vars stop site.yml before any change (about 1 min).
 	pytest tests/ansible
 
-test-molecule: venv images  ## Run every molecule scenario on Debian 12 and 13 (about 22 min).
+test-molecule: venv images  ## Run every molecule scenario on Debian 12 and 13 (about 13 min).
 	for distro in $(MOLECULE_DISTROS); do \
 		for scenario in $(MOLECULE_SCENARIOS); do \
 			echo "== molecule test -s $$scenario on $$distro"; \
