@@ -210,51 +210,78 @@ class _LastWindow(threading.local):
         self.stats: dict[str, WindowStats] = {}
 
 
-class OneTripFixedWindow(FixedWindowRateLimiter):
-    """A fixed window that increments and reads the window in one script."""
+class _OneTripWindow:
+    """Shared state of the one-trip strategies: the script, the exhausted keys
+    and the statistics of the current request's hits."""
 
-    def __init__(self, storage: RedisStorage, health: StorageHealth) -> None:
-        super().__init__(storage)
+    def __init__(
+        self, storage: RedisStorage, health: StorageHealth, script: bytes
+    ) -> None:
+        super().__init__(storage)  # type: ignore[call-arg]
         self.redis_storage = storage
         self.health = health
-        self._script = _ScriptCaller(storage, _INCR_EXPIRE_PTTL)
+        self._script = _ScriptCaller(storage, script)
         self._exhausted = _ExhaustedKeys()
         self._last = _LastWindow()
 
-    def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
-        key = item.key_for(*identifiers)
-        now = time.time()
+    def _start_hit(self, key: str, now: float) -> bool:
+        """Forget the previous request's statistics and return whether ``key``
+        is known to be exhausted, recording its statistics if so."""
         if self._last.stats:
             self._last.stats.clear()
         reset_at = self._exhausted.reset_at(key, now)
-        if reset_at is not None:
-            self._last.stats[key] = WindowStats(reset_at, 0)
+        if reset_at is None:
             return False
+        self._last.stats[key] = WindowStats(reset_at, 0)
+        return True
+
+    def _run_script(self, *args: Any) -> Any:
+        """Run the script and record in ``health`` whether Redis replied."""
         try:
-            count, ttl_ms = self._script(
-                self.redis_storage.prefixed_key(key), item.get_expiry(), cost
-            )
+            reply = self._script(*args)
         except RedisError as error:
             self.health.record_failure(error)
             raise
         self.health.record_success()
-        # A key without expiry (TTL -1) cannot come from the script, but a key
-        # that expired between the two commands returns -2: treat both as new.
-        reset_at = now + (ttl_ms / 1000 if ttl_ms > 0 else item.get_expiry())
-        remaining = max(0, item.amount - int(count))
+        return reply
+
+    def _record(
+        self, key: str, item: RateLimitItem, count: int, reset_at: float, now: float
+    ) -> None:
+        remaining = max(0, item.amount - count)
         self._last.stats[key] = WindowStats(reset_at, remaining)
         if remaining == 0:
             self._exhausted.add(key, reset_at, now)
-        return int(count) <= item.amount
 
     def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
         stats = self._last.stats.get(item.key_for(*identifiers))
         if stats is not None:
             return stats
-        return super().get_window_stats(item, *identifiers)
+        return super().get_window_stats(item, *identifiers)  # type: ignore[misc,no-any-return]
 
 
-class OneTripMovingWindow(MovingWindowRateLimiter):
+class OneTripFixedWindow(_OneTripWindow, FixedWindowRateLimiter):
+    """A fixed window that increments and reads the window in one script."""
+
+    def __init__(self, storage: RedisStorage, health: StorageHealth) -> None:
+        super().__init__(storage, health, _INCR_EXPIRE_PTTL)
+
+    def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
+        key = item.key_for(*identifiers)
+        now = time.time()
+        if self._start_hit(key, now):
+            return False
+        count, ttl_ms = self._run_script(
+            self.redis_storage.prefixed_key(key), item.get_expiry(), cost
+        )
+        # A key without expiry (TTL -1) cannot come from the script, but a key
+        # that expired between the two commands returns -2: treat both as new.
+        reset_at = now + (ttl_ms / 1000 if ttl_ms > 0 else item.get_expiry())
+        self._record(key, item, int(count), reset_at, now)
+        return int(count) <= item.amount
+
+
+class OneTripMovingWindow(_OneTripWindow, MovingWindowRateLimiter):
     """A moving window that acquires and reads the window in one script.
 
     Once a moving window contains ``amount`` entries, no request is admitted
@@ -263,43 +290,19 @@ class OneTripMovingWindow(MovingWindowRateLimiter):
     """
 
     def __init__(self, storage: RedisStorage, health: StorageHealth) -> None:
-        super().__init__(storage)
-        self.redis_storage = storage
-        self.health = health
-        self._script = _ScriptCaller(storage, _ACQUIRE_MOVING_WINDOW)
-        self._exhausted = _ExhaustedKeys()
-        self._last = _LastWindow()
+        super().__init__(storage, health, _ACQUIRE_MOVING_WINDOW)
 
     def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
         key = item.key_for(*identifiers)
         now = time.time()
-        if self._last.stats:
-            self._last.stats.clear()
-        reset_at = self._exhausted.reset_at(key, now)
-        if reset_at is not None:
-            self._last.stats[key] = WindowStats(reset_at, 0)
+        if self._start_hit(key, now):
             return False
         expiry = item.get_expiry()
-        try:
-            acquired, count, oldest = self._script(
-                self.redis_storage.prefixed_key(key), now, item.amount, expiry, cost
-            )
-        except RedisError as error:
-            self.health.record_failure(error)
-            raise
-        self.health.record_success()
-        reset_at = float(oldest) + expiry
-        remaining = max(0, item.amount - int(count))
-        self._last.stats[key] = WindowStats(reset_at, remaining)
-        if remaining == 0:
-            self._exhausted.add(key, reset_at, now)
+        acquired, count, oldest = self._run_script(
+            self.redis_storage.prefixed_key(key), now, item.amount, expiry, cost
+        )
+        self._record(key, item, int(count), float(oldest) + expiry, now)
         return bool(acquired)
-
-    def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
-        stats = self._last.stats.get(item.key_for(*identifiers))
-        if stats is not None:
-            return stats
-        return super().get_window_stats(item, *identifiers)
 
 
 def create_strategy(
