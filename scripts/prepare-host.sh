@@ -1,8 +1,8 @@
 #!/usr/bin/env bash
 # Prepare a Debian 12/13 machine for the demo and the tests: install the
 # Debian packages they use if any is missing, and start the Docker engine if
-# none answers. Needs root for both. Safe to run again: it changes nothing on
-# a machine that is already prepared.
+# none responds. Needs root for both. Safe to run again, because it changes
+# nothing on a machine that is already prepared.
 #
 # A dockerd started here runs in the background with its log in
 # $RATELIMIT_STATE_DIR/dockerd.log and its PID in dockerd.pid beside it.
@@ -47,5 +47,5 @@ for _ in $(seq 60); do
     sleep 1
 done
 tail -n 20 "$state_dir/dockerd.log" >&2
-echo "dockerd did not answer within 60 s; its log is $state_dir/dockerd.log" >&2
+echo "dockerd did not respond within 60 s. Read its log: $state_dir/dockerd.log" >&2
 exit 1

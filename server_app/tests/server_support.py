@@ -5,8 +5,8 @@ the test's temporary directory, and are stopped by PID.
 """
 
 # TODO: start these processes through bench/processes.py, as the client, load
-# and fault tests do; this older copy remains until the server tests move to
-# its API (a url() method, no restart() or start counter).
+# and fault tests do. This older copy remains until the server tests move to
+# that API, which has a url() method and no restart() or start counter.
 
 from __future__ import annotations
 

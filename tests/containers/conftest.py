@@ -132,9 +132,9 @@ def images() -> Iterator[Images]:
     build_image(built.redis, "tests/containers/redis", base)
     yield built
     if os.environ.get("KEEP_TEST_IMAGES") != "1":
-        # TODO: the legacy builder leaves each untagged builder stage behind
-        # (about 240 MB per app image); removing only this session's stages
-        # needs their IDs, which `docker build --quiet` does not print.
+        # TODO: the legacy builder leaves each untagged builder stage behind,
+        # about 240 MB per app image. Removing only this session's stages
+        # needs their IDs, and `docker build --quiet` does not print them.
         run_command(
             ["docker", "image", "rm", built.server, built.client, built.redis],
             check=False,

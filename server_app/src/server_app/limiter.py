@@ -19,7 +19,7 @@ if TYPE_CHECKING:
     from flask_limiter._limits import RuntimeLimit
 
 
-# Where werkzeug's ProxyFix keeps the values it replaced (werkzeug 3.1).
+# The environ key of the values that werkzeug's ProxyFix replaced (werkzeug 3.1).
 PROXY_FIX_ORIGINAL = "werkzeug.proxy_fix.orig"
 
 
