@@ -85,6 +85,12 @@ def build_session(settings: Settings) -> requests.Session:
         raise_on_status=False,
     )
     session = requests.Session()
+    # Each request opens its own connection. A kept-alive connection sits idle
+    # through the backoff wait. When that wait equals the server's keep-alive
+    # timeout (2 s in gunicorn, the second wait with factor 1), the server
+    # closes the connection just as the retry is sent. The retry then fails
+    # with a connection error and uses up one of the retries meant for 429s.
+    session.headers["Connection"] = "close"
     adapter = HTTPAdapter(max_retries=retry)
     session.mount("http://", adapter)
     session.mount("https://", adapter)
