@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import signal
 import tempfile
 from pathlib import Path
 from typing import Any
@@ -83,6 +84,24 @@ def on_starting(server: Any) -> None:
         if entry.is_file() and entry.suffix == ".db":
             entry.unlink()
     server.log.info("Prometheus multiprocess directory: %s", _metrics_dir)
+
+
+def post_fork(server: Any, worker: Any) -> None:
+    """Let a stop signal end a worker that has not set its own handlers yet.
+
+    A forked worker keeps the master's signal handlers, which only queue the
+    signal in the worker's copy of the master, until it installs its own. The
+    gevent worker spends part of that time patching the standard library, and
+    a SIGTERM from a stop right after a start was lost there: the master then
+    waited its graceful timeout, 30 s, before it killed the worker.
+    """
+    for signum in (signal.SIGTERM, signal.SIGINT, signal.SIGQUIT):
+        signal.signal(signum, _exit_before_serving)
+
+
+def _exit_before_serving(signum: int, frame: object) -> None:
+    # The worker has accepted no connection yet, so it has nothing to finish.
+    os._exit(0)
 
 
 def child_exit(server: Any, worker: Any) -> None:
