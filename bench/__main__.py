@@ -34,7 +34,7 @@ from bench.processes import (
 
 log = logging.getLogger("bench")
 
-DEFAULT_SETUPS = "gthread:3:4,sync:3,sync:5"
+DEFAULT_SETUPS = "gevent:3,gthread:3:4,sync:3"
 WARMUP_SECONDS = 1
 
 

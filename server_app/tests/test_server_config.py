@@ -70,7 +70,7 @@ def test_gunicorn_defaults_scale_with_cpus() -> None:
 
     assert settings.bind == "0.0.0.0:80"
     assert settings.workers == 3
-    assert settings.worker_class == "gthread"
+    assert settings.worker_class == "gevent"
     assert settings.threads == 4
     assert settings.access_log is False
     assert default_workers(1) == 2

@@ -7,6 +7,7 @@ from collections import Counter
 from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 
+import pytest
 import redis
 from server_support import Gunicorn, Response, request, sample, scrape
 
@@ -77,8 +78,13 @@ def test_limit_exact_across_three_workers(
     assert sample(metrics, "flask_http_request_total", method="GET", status="429") == 1
 
 
-def test_limit_exact_for_concurrent_gets(start_gunicorn: StartGunicorn) -> None:
-    server = start_gunicorn(RATE_LIMIT="2/minute", GUNICORN_WORKERS="3")
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread", "sync"])
+def test_limit_exact_for_concurrent_gets(
+    start_gunicorn: StartGunicorn, worker_class: str
+) -> None:
+    server = start_gunicorn(
+        RATE_LIMIT="2/minute", GUNICORN_WORKERS="3", GUNICORN_WORKER_CLASS=worker_class
+    )
 
     with ThreadPoolExecutor(max_workers=15) as pool:
         responses = list(pool.map(lambda _: request(server.port), range(15)))
@@ -86,6 +92,41 @@ def test_limit_exact_for_concurrent_gets(start_gunicorn: StartGunicorn) -> None:
     assert statuses(responses) == {200: 2, 429: 13}
     for _ in range(3):
         assert_two_admitted(server.port)
+
+
+def limit_script_connections(redis_client: redis.Redis) -> int:
+    """Count the Redis connections whose last command ran the limit script."""
+    clients = redis_client.client_list()
+    return sum(1 for client in clients if client["cmd"] == "evalsha")
+
+
+def test_gevent_worker_pipelines_on_one_connection(
+    start_gunicorn: StartGunicorn, redis_client: redis.Redis
+) -> None:
+    server = start_gunicorn(
+        RATE_LIMIT="150/minute", GUNICORN_WORKERS="2", GUNICORN_WORKER_CLASS="gevent"
+    )
+
+    with ThreadPoolExecutor(max_workers=32) as pool:
+        responses = list(pool.map(lambda _: request(server.port), range(200)))
+
+    assert statuses(responses) == {200: 150, 429: 50}
+    remaining = sorted(
+        int(r.headers["X-RateLimit-Remaining"]) for r in responses if r.status == 200
+    )
+    assert remaining == list(range(150))
+    # Redis also counts the rejected hits that reached it before each worker
+    # learnt that the window was full.
+    key = b"LIMITS:LIMITER/127.0.0.1/index/150/1/minute"
+    assert int(redis_client.get(key) or 0) >= 150
+    # 32 requests at a time shared at most one Redis connection per worker.
+    assert 1 <= limit_script_connections(redis_client) <= 2
+    metrics = scrape(server.port)
+    totals = {
+        status: sample(metrics, "flask_http_request_total", method="GET", status=status)
+        for status in ("200", "429")
+    }
+    assert totals == {"200": 150, "429": 50}
 
 
 def test_source_addresses_limited_separately(start_gunicorn: StartGunicorn) -> None:

@@ -31,7 +31,7 @@ INVALID_SETTINGS = [
     ("GUNICORN_BIND", "127.0.0.1:99999"),
     ("GUNICORN_WORKERS", "0"),
     ("GUNICORN_WORKERS", "many"),
-    ("GUNICORN_WORKER_CLASS", "gevent"),
+    ("GUNICORN_WORKER_CLASS", "eventlet"),
     ("GUNICORN_THREADS", "0"),
     ("GUNICORN_ACCESS_LOG", "maybe"),
 ]

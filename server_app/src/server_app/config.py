@@ -23,7 +23,7 @@ DEFAULT_BIND = "0.0.0.0:80"
 STRATEGIES = ("fixed-window", "moving-window")
 STORAGE_ERROR_POLICIES = ("fallback", "reject")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR", "CRITICAL")
-WORKER_CLASSES = ("sync", "gthread")
+WORKER_CLASSES = ("gevent", "gthread", "sync")
 REDIS_SCHEMES = ("redis", "rediss", "redis+unix")
 
 MAX_TRUSTED_PROXY_COUNT = 10
@@ -37,7 +37,7 @@ _ZERO_MULTIPLE = re.compile(r"(?:/|\bper\b)\s*0+\s*[a-z]", re.IGNORECASE)
 
 Strategy = Literal["fixed-window", "moving-window"]
 StorageErrorPolicy = Literal["fallback", "reject"]
-WorkerClass = Literal["sync", "gthread"]
+WorkerClass = Literal["gevent", "gthread", "sync"]
 
 
 class ConfigError(ValueError):
@@ -136,7 +136,7 @@ class GunicornSettings:
                 WorkerClass,
                 parse_choice(
                     "GUNICORN_WORKER_CLASS",
-                    env.get("GUNICORN_WORKER_CLASS", "gthread"),
+                    env.get("GUNICORN_WORKER_CLASS", "gevent"),
                     WORKER_CLASSES,
                 ),
             ),
@@ -155,8 +155,8 @@ class GunicornSettings:
 def default_workers(cpu_count: int) -> int:
     """Return one worker per CPU plus one, capped at 8.
 
-    Each gthread worker already serves several requests at once with its
-    threads, so more processes than CPUs only add memory and context switches.
+    Each gevent or gthread worker already serves many requests at once, so
+    more processes than CPUs only add memory and context switches.
     """
     return min(cpu_count + 1, 8)
 

@@ -15,6 +15,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import os
+import sys
 import threading
 import time
 from typing import Any, cast
@@ -30,7 +31,7 @@ from limits.strategies import (
 from limits.util import WindowStats
 from redis.connection import AbstractConnection
 from redis.exceptions import ConnectionError as RedisConnectionError
-from redis.exceptions import NoScriptError, RedisError
+from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from server_app.config import Strategy
 
@@ -121,8 +122,23 @@ class StorageHealth:
         logger.warning("Rate limit storage %s is reachable again", self.redis_url)
 
 
+class _ProcessConnection:
+    """The connection of a caller that one thread or greenlet uses at a time."""
+
+    pid: int | None = None
+
+
+class _ThreadConnection(threading.local):
+    """The connection of a caller, one per thread."""
+
+    pid: int | None = None
+
+
 class _ScriptCaller:
-    """Run one Lua script on a Redis connection owned by the calling thread.
+    """Run one Lua script on a Redis connection of the calling thread.
+
+    With ``per_thread`` false the process has one connection, for callers
+    that never use it from two threads or greenlets at the same time.
 
     redis-py's connection pool reads each connection without blocking before
     every command, to find stale replies, and wraps the command in its retry
@@ -134,18 +150,20 @@ class _ScriptCaller:
     a new one on the next command, so the caller recovers once Redis returns.
     """
 
-    def __init__(self, storage: RedisStorage, script: bytes) -> None:
+    def __init__(
+        self, storage: RedisStorage, script: bytes, per_thread: bool = True
+    ) -> None:
         client = cast(redis.Redis, storage.get_connection())
         self._pool = client.connection_pool
         self._script = script
         self._sha = hashlib.sha1(script).hexdigest()
-        self._local = threading.local()
+        self._local: Any = _ThreadConnection() if per_thread else _ProcessConnection()
 
     def _connection(self) -> AbstractConnection:
         # A connection must not be shared with a forked child, so each process
         # opens its own.
         local = self._local
-        if getattr(local, "pid", None) != os.getpid():
+        if local.pid != os.getpid():
             local.connection = self._pool.make_connection()
             local.pid = os.getpid()
             local.used = False
@@ -154,9 +172,20 @@ class _ScriptCaller:
 
     def __call__(self, key: str, *args: object) -> Any:
         """Run the script on ``key`` with ``args`` and return its reply."""
+        reply = self.run_many([(key, *args)])[0]
+        if isinstance(reply, Exception):
+            raise reply
+        return reply
+
+    def run_many(self, calls: list[tuple[object, ...]]) -> list[Any]:
+        """Run the script once per ``(key, *args)`` in ``calls`` in one round trip.
+
+        Returns the reply of each call, or the ResponseError Redis gave it.
+        Raises RedisError when the round trip fails.
+        """
         connection = self._connection()
         try:
-            reply = self._run(connection, key, args)
+            replies = self._send(connection, calls)
         except RedisConnectionError:
             if not self._local.used:
                 raise
@@ -164,25 +193,122 @@ class _ScriptCaller:
             # redis-py reconnects on the next command. The pool would have
             # found this before sending, so one retry gives the same result.
             self._local.used = False
-            reply = self._run(connection, key, args)
+            replies = self._send(connection, calls)
         self._local.used = True
-        return reply
-
-    def _run(
-        self, connection: AbstractConnection, key: str, args: tuple[object, ...]
-    ) -> Any:
-        try:
-            return _execute(connection, "EVALSHA", self._sha, 1, key, *args)
-        except NoScriptError:
+        lost = [i for i, r in enumerate(replies) if isinstance(r, NoScriptError)]
+        if lost:
             # Redis lost its script cache, for example in a restart.
-            _execute(connection, "SCRIPT", "LOAD", self._script)
-            return _execute(connection, "EVALSHA", self._sha, 1, key, *args)
+            connection.send_command("SCRIPT", "LOAD", self._script)  # type: ignore[no-untyped-call]
+            connection.read_response()  # type: ignore[no-untyped-call]
+            retried = self._send(connection, [calls[i] for i in lost])
+            for index, reply in zip(lost, retried, strict=True):
+                replies[index] = reply
+        return replies
+
+    def _send(
+        self, connection: AbstractConnection, calls: list[tuple[object, ...]]
+    ) -> list[Any]:
+        commands = [("EVALSHA", self._sha, 1, *call) for call in calls]
+        connection.send_packed_command(  # type: ignore[no-untyped-call]
+            connection.pack_commands(commands)  # type: ignore[no-untyped-call]
+        )
+        replies: list[Any] = []
+        for _ in calls:
+            try:
+                replies.append(connection.read_response())  # type: ignore[no-untyped-call]
+            except ResponseError as error:
+                replies.append(error)
+        return replies
 
 
-def _execute(connection: AbstractConnection, *command: object) -> Any:
-    """Send ``command`` on ``connection`` and return its reply."""
-    connection.send_command(*command)  # type: ignore[no-untyped-call]
-    return connection.read_response()  # type: ignore[no-untyped-call]
+class _QueuedCall:
+    """A script call waiting in a :class:`_PipelinedScriptCaller`."""
+
+    __slots__ = ("args", "done", "reply", "sends")
+
+    def __init__(self, args: tuple[object, ...]) -> None:
+        self.args = args
+        # Set when the call has its reply or when it is its turn to send.
+        self.done: threading.Event | None = None
+        self.sends = False
+        # Replaced by the reply unless the round trip is interrupted.
+        self.reply: Any = RedisConnectionError("the Redis pipeline was interrupted")
+
+
+class _PipelinedScriptCaller:
+    """Run the script for concurrent requests in one pipeline per round trip.
+
+    Under gunicorn's gevent worker one process has many requests waiting for
+    Redis at once. The first call sends every call queued at that moment in
+    one pipeline on the process's only connection. The calls that queue while
+    it waits for the replies go in the next pipeline, which the first of them
+    sends. Redis runs the calls in the order they were queued, each one
+    atomically, so every request gets the count it would get alone, while the
+    process makes one round trip and a few system calls for many requests.
+    The lock and the events are gevent's once gevent has patched threading.
+    """
+
+    def __init__(self, storage: RedisStorage, script: bytes) -> None:
+        self._caller = _ScriptCaller(storage, script, per_thread=False)
+        self._lock = threading.Lock()
+        self._queue: list[_QueuedCall] = []
+        self._sending = False
+
+    def __call__(self, key: str, *args: object) -> Any:
+        """Queue the script on ``key`` with ``args`` and return its reply."""
+        call = _QueuedCall((key, *args))
+        with self._lock:
+            self._queue.append(call)
+            if self._sending:
+                call.done = threading.Event()
+            else:
+                self._sending = call.sends = True
+        if call.done is not None:
+            call.done.wait()
+        if call.sends:
+            self._send_queue()
+        if isinstance(call.reply, Exception):
+            raise call.reply
+        return call.reply
+
+    def _send_queue(self) -> None:
+        """Send the queued calls, then pass the turn to the next queued call."""
+        with self._lock:
+            batch, self._queue = self._queue, []
+        try:
+            replies = self._caller.run_many([call.args for call in batch])
+            for call, reply in zip(batch, replies, strict=True):
+                call.reply = reply
+        except RedisError as error:
+            for call in batch:
+                call.reply = error
+        finally:
+            with self._lock:
+                following = self._queue[0] if self._queue else None
+                if following is None:
+                    self._sending = False
+                else:
+                    following.sends = True
+            for call in batch:
+                if call.done is not None:
+                    call.done.set()
+            if following is not None and following.done is not None:
+                following.done.set()
+
+
+def _new_script_caller(
+    storage: RedisStorage, script: bytes
+) -> _ScriptCaller | _PipelinedScriptCaller:
+    """Return a pipelining caller under gevent and a per-thread one otherwise.
+
+    With gthread 3x4 at 64 connections the pipeline lowered requests/s from
+    0.46x to 0.39x of bare gunicorn: waking the other threads costs more than
+    the round trips it saves. Greenlets switch without the kernel.
+    """
+    monkey = sys.modules.get("gevent.monkey")
+    if monkey is not None and monkey.is_module_patched("socket"):
+        return _PipelinedScriptCaller(storage, script)
+    return _ScriptCaller(storage, script)
 
 
 class _ExhaustedKeys:
@@ -220,7 +346,7 @@ class _OneTripWindow:
         super().__init__(storage)  # type: ignore[call-arg]
         self.redis_storage = storage
         self.health = health
-        self._script = _ScriptCaller(storage, script)
+        self._script = _new_script_caller(storage, script)
         self._exhausted = _ExhaustedKeys()
         self._last = _LastWindow()
 
