@@ -273,6 +273,9 @@ class _PipelinedScriptCaller:
 
     def _send_queue(self) -> None:
         """Send the queued calls, then pass the turn to the next queued call."""
+        # Yield once, so that the greenlets whose requests are already read
+        # queue their calls for this round trip too.
+        time.sleep(0)
         with self._lock:
             batch, self._queue = self._queue, []
         try:
