@@ -21,9 +21,9 @@ def redis_server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[RedisServ
 @pytest.fixture
 def redis_client(redis_server: RedisServer) -> Iterator[redis.Redis]:
     """A client of the session's Redis, emptied before each test."""
-    if redis_server.process is None:
+    if not redis_server.process.running():
         redis_server.start()
-    client = redis_server.client()
+    client = redis.Redis.from_url(redis_server.url())
     client.flushall()
     yield client
     client.close()
@@ -40,7 +40,7 @@ def start_gunicorn(
         directory = tmp_path / f"server-{len(servers)}"
         directory.mkdir()
         settings = {
-            "REDIS_URL": redis_server.url,
+            "REDIS_URL": redis_server.url(),
             "GUNICORN_WORKERS": "3",
             "LOG_LEVEL": "INFO",
             **env,

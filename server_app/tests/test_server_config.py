@@ -97,7 +97,7 @@ def test_create_app_rejects_invalid_limit() -> None:
 def test_factory_app_limits_with_redis(redis_server: RedisServer) -> None:
     with redis_server.client() as redis_client:
         redis_client.flushall()
-    app = create_app({"RATE_LIMIT": "1/minute", "REDIS_URL": redis_server.url})
+    app = create_app({"RATE_LIMIT": "1/minute", "REDIS_URL": redis_server.url()})
     client = app.test_client()
 
     first = client.get("/", environ_base={"REMOTE_ADDR": "192.0.2.10"})

@@ -24,7 +24,7 @@ def stoppable_redis(
 ) -> Iterator[RedisServer]:
     """The session's Redis, started again after the test if it stopped it."""
     yield redis_server
-    if redis_server.process is None:
+    if not redis_server.process.running():
         redis_server.start()
 
 
