@@ -33,6 +33,8 @@ SERVER_IMAGE = "rd-server:test"
 CLIENT_IMAGE = "rd-client:test"
 REDIS_IMAGE = "rd-redis:test"
 DEFAULT_BASE_IMAGE = "ratelimit-systemd:debian12"
+# The label of the builder stages in both Dockerfiles.
+BUILDER_STAGE_LABEL = "ratelimit.stage=builder"
 
 
 def run_command(
@@ -132,11 +134,21 @@ def images() -> Iterator[Images]:
     build_image(built.redis, "tests/containers/redis", base)
     yield built
     if os.environ.get("KEEP_TEST_IMAGES") != "1":
-        # TODO: the legacy builder leaves each untagged builder stage behind,
-        # about 240 MB per app image. Removing only this session's stages
-        # needs their IDs, and `docker build --quiet` does not print them.
         run_command(
             ["docker", "image", "rm", built.server, built.client, built.redis],
+            check=False,
+        )
+        # The legacy builder leaves each app's builder stage as an untagged
+        # image of about 240 MB. The Dockerfiles label those stages.
+        run_command(
+            [
+                "docker",
+                "image",
+                "prune",
+                "--force",
+                "--filter",
+                f"label={BUILDER_STAGE_LABEL}",
+            ],
             check=False,
         )
 
