@@ -39,7 +39,8 @@ def create_app(config: Mapping[str, Any] | None = None) -> flask.Flask:
             app.wsgi_app, x_for=settings.trusted_proxy_count
         )
 
-    # The metrics hooks go first so that their timer also covers the limiter.
+    # The metrics go first, so Flask runs their after_request hook last, on
+    # the response as sent.
     metrics = create_metrics(app)
     limiter = create_limiter(app, settings)
     register_views(app, limiter, metrics)
