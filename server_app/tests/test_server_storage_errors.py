@@ -39,11 +39,16 @@ def test_fallback_serves_from_memory(
     assert request(server.port).status == 200
 
     stoppable_redis.stop()
-    during = [request(server.port).status for _ in range(4)]
+    during = [request(server.port) for _ in range(4)]
     health = request(server.port, "/healthz")
 
-    # The in-memory fallback counts from zero, separately from Redis.
-    assert during == [200, 200, 200, 429]
+    # The in-memory fallback counts from zero, separately from Redis, and
+    # flask-limiter's own hook adds the headers.
+    assert [r.status for r in during] == [200, 200, 200, 429]
+    assert [r.headers["X-RateLimit-Limit"] for r in during] == ["3"] * 4
+    remaining = [r.headers["X-RateLimit-Remaining"] for r in during]
+    assert remaining == ["2", "1", "0", "0"]
+    assert 0 <= int(during[3].headers["Retry-After"]) <= 60
     assert health.status == 503
     assert health.json() == {"status": "unavailable", "storage": "unreachable"}
 

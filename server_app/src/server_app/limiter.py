@@ -5,10 +5,11 @@ from __future__ import annotations
 import ipaddress
 import logging
 import threading
+import time
 from typing import TYPE_CHECKING, cast
 
 import flask
-from flask_limiter import Limiter, RateLimitExceeded, RequestLimit
+from flask_limiter import HeaderNames, Limiter, RateLimitExceeded, RequestLimit
 from limits.storage import RedisStorage
 
 from server_app.config import AppSettings
@@ -18,6 +19,9 @@ if TYPE_CHECKING:
     # flask-limiter 4 does not export the type of its resolved limits.
     from flask_limiter._limits import RuntimeLimit
 
+
+# flask-limiter's after_request hook that adds the rate limit headers.
+_FLASK_LIMITER_HEADER_HOOK = Limiter._Limiter__inject_headers  # type: ignore[attr-defined]
 
 # The environ key of the values that werkzeug's ProxyFix replaced (werkzeug 3.1).
 PROXY_FIX_ORIGINAL = "werkzeug.proxy_fix.orig"
@@ -81,14 +85,60 @@ class ServerLimiter(Limiter):
         storage = self.storage
         if not isinstance(storage, RedisStorage):
             raise TypeError(f"expected a Redis storage, got {type(storage).__name__}")
-        self._limiter = create_strategy(
+        self._one_trip = create_strategy(
             self.settings.rate_limit_strategy, storage, self.health
         )
+        self._limiter = self._one_trip
+        mapping = self._header_mapping
+        self._limit_header = mapping[HeaderNames.LIMIT]
+        self._remaining_header = mapping[HeaderNames.REMAINING]
+        self._reset_header = mapping[HeaderNames.RESET]
+        self._retry_after_header = mapping[HeaderNames.RETRY_AFTER]
         # RATE_LIMIT is read once at start, so its limits are resolved once,
         # in the order flask-limiter checks them.
         self._index_limits = sorted(
             self.limit_manager.default_limits, key=lambda limit: limit.limit
         )
+        self._replace_header_hook(app)
+
+    def _replace_header_hook(self, app: flask.Flask) -> None:
+        """Put :meth:`_add_headers` in place of flask-limiter's header hook."""
+        hooks = app.after_request_funcs[None]
+        for index, hook in enumerate(hooks):
+            if getattr(hook, "func", None) is _FLASK_LIMITER_HEADER_HOOK:
+                self._flask_limiter_headers = hook
+                hooks[index] = self._add_headers
+                return
+        raise TypeError(
+            "flask-limiter registered no Limiter.__inject_headers hook: use the "
+            "flask-limiter version pinned in server_app/requirements.txt"
+        )
+
+    def _add_headers(self, response: flask.Response) -> flask.Response:
+        """Add the rate limit headers to the response of a checked request.
+
+        For ``/`` checked while Redis is in use, the window statistics came
+        with the script's reply, so the headers are set from them directly,
+        with the same names and values as flask-limiter's. Every other
+        response goes through flask-limiter's own hook.
+        """
+        context = self.context
+        limit = context.view_rate_limit
+        window = getattr(limit, "_window", None)
+        headers = response.headers
+        if (
+            limit is None
+            or window is None
+            or context.conditional_deductions
+            or self._retry_after_header in headers
+        ):
+            return cast(flask.Response, self._flask_limiter_headers(response))
+        reset_at = int(window.reset_time + 1)
+        headers.add(self._limit_header, str(limit.limit.amount))
+        headers.add(self._remaining_header, str(window.remaining))
+        headers.add(self._reset_header, str(reset_at))
+        headers.set(self._retry_after_header, str(int(reset_at - time.time())))
+        return response
 
     def _check_request_limit(
         self, callable_name: str | None = None, in_middleware: bool = True
@@ -103,7 +153,8 @@ class ServerLimiter(Limiter):
         flask-limiter's own path.
         """
         # NOTE: this overrides private parts of flask-limiter 4.1 (this method,
-        # _storage_dead, _key_prefix), so check them on every upgrade.
+        # _storage_dead, _key_prefix, RequestLimit._window and the header
+        # hook), so check them on every upgrade.
         if (
             not in_middleware
             or self._storage_dead
@@ -140,6 +191,7 @@ class ServerLimiter(Limiter):
         """
         context = self.context
         context.seen_limits.update(self._index_limits)
+        strategy = self._one_trip
         key = client_address()
         method = flask.request.method
         view_limits: list[RequestLimit] = []
@@ -149,7 +201,11 @@ class ServerLimiter(Limiter):
                 args.insert(0, self._key_prefix)
             request_limit = RequestLimit(self, limit.limit, args, False, limit.shared)
             view_limits.append(request_limit)
-            if not self.limiter.hit(limit.limit, *args, cost=limit.deduction_amount):
+            admitted = strategy.hit(limit.limit, *args, cost=limit.deduction_amount)
+            # The window statistics are known from the hit, so the header hook
+            # reads them without another lookup.
+            request_limit._window = strategy.last_window(request_limit.key)
+            if not admitted:
                 request_limit.breached = True
                 context.view_rate_limit = request_limit
                 context.view_rate_limits = view_limits

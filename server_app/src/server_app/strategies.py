@@ -26,7 +26,6 @@ from limits.storage import RedisStorage
 from limits.strategies import (
     FixedWindowRateLimiter,
     MovingWindowRateLimiter,
-    RateLimiter,
 )
 from limits.util import WindowStats
 from redis.connection import AbstractConnection
@@ -339,7 +338,7 @@ class _LastWindow(threading.local):
         self.stats: dict[str, WindowStats] = {}
 
 
-class _OneTripWindow:
+class OneTripWindow:
     """Shared state of the one-trip strategies: the script, the exhausted keys
     and the statistics of the current request's hits."""
 
@@ -382,6 +381,10 @@ class _OneTripWindow:
         if remaining == 0:
             self._exhausted.add(key, reset_at, now)
 
+    def last_window(self, key: str) -> WindowStats | None:
+        """Return the statistics of the current request's hit on ``key``."""
+        return self._last.stats.get(key)
+
     def get_window_stats(self, item: RateLimitItem, *identifiers: str) -> WindowStats:
         stats = self._last.stats.get(item.key_for(*identifiers))
         if stats is not None:
@@ -389,7 +392,7 @@ class _OneTripWindow:
         return super().get_window_stats(item, *identifiers)  # type: ignore[misc,no-any-return]
 
 
-class OneTripFixedWindow(_OneTripWindow, FixedWindowRateLimiter):
+class OneTripFixedWindow(OneTripWindow, FixedWindowRateLimiter):
     """A fixed window that increments and reads the window in one script."""
 
     def __init__(self, storage: RedisStorage, health: StorageHealth) -> None:
@@ -410,7 +413,7 @@ class OneTripFixedWindow(_OneTripWindow, FixedWindowRateLimiter):
         return int(count) <= item.amount
 
 
-class OneTripMovingWindow(_OneTripWindow, MovingWindowRateLimiter):
+class OneTripMovingWindow(OneTripWindow, MovingWindowRateLimiter):
     """A moving window that acquires and reads the window in one script.
 
     Once a moving window contains ``amount`` entries, no request is admitted
@@ -434,9 +437,12 @@ class OneTripMovingWindow(_OneTripWindow, MovingWindowRateLimiter):
         return bool(acquired)
 
 
+OneTripStrategy = OneTripFixedWindow | OneTripMovingWindow
+
+
 def create_strategy(
     strategy: Strategy, storage: RedisStorage, health: StorageHealth
-) -> RateLimiter:
+) -> OneTripStrategy:
     """Return the rate limiter for ``strategy`` on the Redis ``storage``."""
     if strategy == "moving-window":
         return OneTripMovingWindow(storage, health)
