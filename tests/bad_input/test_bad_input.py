@@ -64,8 +64,8 @@ CLIENT_SETTINGS = [
     ("CLIENT_SERVER_URL", "localhost:80"),
 ]
 
-# Raw requests, with the status expected and whether Flask (JSON body) or
-# gunicorn's HTTP parser (its own HTML page) responds to them.
+# Raw requests, with the status expected and whether Flask or gunicorn's HTTP
+# parser responds to them. Both respond with JSON.
 REQUESTS = [
     (
         "request line of 5000 bytes",
@@ -268,12 +268,12 @@ def test_server_answers_bad_request(
         f"{seen_status} {content_type}: `{body_text(body)[:120]}`",
     )
     assert seen_status == status
-    if responder == "flask":
-        assert content_type == "application/json"
-        assert json.loads(body)["status"] == status
-    else:
-        # gunicorn's parser rejects these before Flask runs, with its own page.
-        assert content_type == "text/html"
+    assert content_type == "application/json"
+    assert json.loads(body)["status"] == status
+    if responder == "gunicorn":
+        # gunicorn's parser rejects these before Flask runs, and its message
+        # names the rejected part of the request.
+        assert json.loads(body)["message"]
     # The worker that sent this response still serves the next request.
     next_status, _, next_body = exchange(
         request_server.port, b"GET / HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n"
