@@ -6,7 +6,9 @@ log lines exact.
 
 from __future__ import annotations
 
+import signal
 from collections.abc import Callable, Iterator
+from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 import redis
@@ -90,6 +92,38 @@ def test_reject_answers_503_until_redis_returns(
 
     # Redis lost the counter on restart, so a new window starts.
     assert after == [200, 200, 200, 429]
+    log = server.log()
+    assert log.count(OUTAGE_STARTED) == 1
+    assert log.count(OUTAGE_ENDED) == 1
+    assert "Traceback" not in log
+
+
+@pytest.mark.parametrize("worker_class", ["gevent", "gthread"])
+def test_paused_redis_rejects_waiting_requests(
+    start_gunicorn: StartGunicorn, stoppable_redis: RedisServer, worker_class: str
+) -> None:
+    server = start_gunicorn(
+        RATE_LIMIT="100/minute",
+        RATE_LIMIT_ON_STORAGE_ERROR="reject",
+        REDIS_TIMEOUT="0.5",
+        GUNICORN_WORKERS="1",
+        GUNICORN_WORKER_CLASS=worker_class,
+    )
+    assert request(server.port).status == 200
+
+    # A stopped redis-server keeps its connections open but never replies.
+    stoppable_redis.process.send_signal(signal.SIGSTOP)
+    try:
+        # request() gives up after 10 s, so a request left waiting fails here.
+        with ThreadPoolExecutor(max_workers=8) as pool:
+            during = list(pool.map(lambda _: request(server.port), range(8)))
+    finally:
+        stoppable_redis.process.send_signal(signal.SIGCONT)
+    after = [request(server.port) for _ in range(2)]
+
+    assert [r.status for r in during] == [503] * 8
+    assert {r.body for r in during} == {b'{"error":"rate limit storage unavailable"}\n'}
+    assert [r.status for r in after] == [200, 200]
     log = server.log()
     assert log.count(OUTAGE_STARTED) == 1
     assert log.count(OUTAGE_ENDED) == 1
