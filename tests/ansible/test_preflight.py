@@ -160,6 +160,14 @@ BAD_INPUTS = [
         "Invalid server_gunicorn_workers '65': expected a whole number from 1 to 64",
     ),
     (
+        {"server_gunicorn_worker_class": "eventlet"},
+        "Invalid server_gunicorn_worker_class 'eventlet': expected gevent, gthread",
+    ),
+    (
+        {"server_log_level": "LOUD"},
+        "Invalid server_log_level 'LOUD': expected DEBUG, INFO, WARNING, ERROR or",
+    ),
+    (
         {"vault_redis_requirepass": ""},
         "redis_requirepass is empty, missing, or contains whitespace",
     ),
