@@ -66,8 +66,9 @@ class RequestMetrics:
 
     The exporter's own hooks build the label dictionaries and look up each
     labelled child, which takes a lock, on every request. One after_request
-    hook here records the same metric names, labels and values, and the
-    per-client counter, but looks up each child once per label set. The start
+    hook here records the same metric names and the per-client counter, but
+    looks up each child once per label set. The duration histogram is
+    labelled by endpoint, not by path (see :func:`create_metrics`). The start
     time comes from :class:`StartTimer`, which costs less than a
     before_request hook that stores it in ``flask.g``.
     """
