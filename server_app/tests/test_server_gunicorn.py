@@ -119,7 +119,7 @@ def test_gevent_worker_pipelines_on_one_connection(
     )
     assert remaining == list(range(150))
     # Redis also counts the rejected hits that reached it before each worker
-    # learnt that the window was full.
+    # learned that the window was full.
     key = b"LIMITS:LIMITER/127.0.0.1/index/150/1/minute"
     assert int(redis_client.get(key) or 0) >= 150
     # 32 requests at a time shared at most one Redis connection per worker.

@@ -265,19 +265,23 @@ class _PipelinedScriptCaller:
         if call.done is not None:
             call.done.wait()
         if call.sends:
-            self._send_queue()
+            self._send_queue(call)
         if isinstance(call.reply, Exception):
             raise call.reply
         return call.reply
 
-    def _send_queue(self) -> None:
-        """Send the queued calls, then pass the turn to the next queued call."""
-        # Yield once, so that the greenlets whose requests are already read
-        # queue their calls for this round trip too.
-        time.sleep(0)
-        with self._lock:
-            batch, self._queue = self._queue, []
+    def _send_queue(self, own: _QueuedCall) -> None:
+        """Send the queued calls, then pass the turn to the next queued call.
+
+        ``own`` is the sender's call, which is first in the queue.
+        """
+        batch: list[_QueuedCall] = []
         try:
+            # Yield once, so that the greenlets whose requests are already
+            # read queue their calls for this round trip too.
+            time.sleep(0)
+            with self._lock:
+                batch, self._queue = self._queue, []
             replies = self._caller.run_many([call.args for call in batch])
             for call, reply in zip(batch, replies, strict=True):
                 call.reply = reply
@@ -286,6 +290,10 @@ class _PipelinedScriptCaller:
                 call.reply = error
         finally:
             with self._lock:
+                # A gevent timeout during the yield leaves the sender's call
+                # queued, and nobody would send it.
+                if not batch and self._queue and self._queue[0] is own:
+                    self._queue.pop(0)
                 following = self._queue[0] if self._queue else None
                 if following is None:
                     self._sending = False
