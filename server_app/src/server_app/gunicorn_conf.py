@@ -9,17 +9,14 @@ Prometheus multiprocess directory that the workers share.
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import signal
-import socket
 import tempfile
 from pathlib import Path
 from typing import Any
 
-from gunicorn import util
-
+from server_app import gunicorn_response
 from server_app.config import AppSettings, ConfigError, GunicornSettings
 
 
@@ -58,31 +55,7 @@ def _prepare_metrics_dir() -> tuple[Path, bool]:
     return path, False
 
 
-def _write_json_error(
-    sock: socket.socket, status_int: int, reason: str, mesg: str
-) -> None:
-    """Write gunicorn's own error responses, such as 400, 414 and 431, as JSON.
-
-    gunicorn rejects a request that its HTTP parser cannot accept before the
-    app runs, with an HTML page. Every other error of the service is JSON, so
-    these carry the same ``error`` and ``status`` keys plus gunicorn's message,
-    which names the value it rejected.
-    """
-    body = {"error": reason, "status": status_int, "message": mesg}
-    data = (json.dumps(body, separators=(",", ":")) + "\n").encode("ascii")
-    head = (
-        f"HTTP/1.1 {status_int} {reason}\r\n"
-        "Connection: close\r\n"
-        "Content-Type: application/json\r\n"
-        f"Content-Length: {len(data)}\r\n\r\n"
-    )
-    util.write_nonblock(sock, head.encode("latin-1") + data)
-
-
-# NOTE: every worker class sends these errors through gunicorn.util.write_error
-# (gunicorn 27), so check that name on every upgrade. The workers that the
-# master forks inherit the replacement.
-util.write_error = _write_json_error
+gunicorn_response.install()
 
 _server, _app = _load_settings()
 _metrics_dir, _metrics_dir_is_temporary = _prepare_metrics_dir()
