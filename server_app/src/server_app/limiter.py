@@ -10,6 +10,7 @@ from typing import TYPE_CHECKING, cast
 
 import flask
 from flask_limiter import HeaderNames, Limiter, RateLimitExceeded, RequestLimit
+from flask_limiter._extension import LimiterContext
 from limits.storage import RedisStorage
 
 from server_app.config import AppSettings
@@ -22,6 +23,9 @@ if TYPE_CHECKING:
 
 # flask-limiter's after_request hook that adds the rate limit headers.
 _FLASK_LIMITER_HEADER_HOOK = Limiter._Limiter__inject_headers  # type: ignore[attr-defined]
+
+# The attribute of flask.request that stores the limiter's per-request state.
+_CONTEXT_ATTRIBUTE = "server_limiter_context"
 
 # The environ key of the values that werkzeug's ProxyFix replaced (werkzeug 3.1).
 PROXY_FIX_ORIGINAL = "werkzeug.proxy_fix.orig"
@@ -37,8 +41,9 @@ def client_address() -> str:
     """
     # NOTE: gunicorn bound to a unix socket passes no peer address, so all
     # clients share the key "unknown" unless a trusted proxy sets one.
-    address = flask.request.remote_addr or "unknown"
-    original = flask.request.environ.get(PROXY_FIX_ORIGINAL)
+    environ = flask.request.environ
+    address = environ.get("REMOTE_ADDR") or "unknown"
+    original = environ.get(PROXY_FIX_ORIGINAL)
     if original is not None and not _is_ip_address(address):
         return str(original.get("REMOTE_ADDR") or "unknown")
     return address
@@ -76,6 +81,7 @@ class ServerLimiter(Limiter):
         self.settings = settings
         self.health = StorageHealth(settings.redis_url_for_logs)
         self._index_limits: list[RuntimeLimit] = []
+        self._index_scopes: list[dict[str, str]] = []
         self._fallback_lock = threading.Lock()
 
     def init_app(self, app: flask.Flask) -> None:
@@ -99,7 +105,25 @@ class ServerLimiter(Limiter):
         self._index_limits = sorted(
             self.limit_manager.default_limits, key=lambda limit: limit.limit
         )
+        # The scope of each limit by request method. A limit from a string
+        # has a fixed scope, so it is derived once per method.
+        self._index_scopes = [{} for _ in self._index_limits]
         self._replace_header_hook(app)
+
+    @property
+    def context(self) -> LimiterContext:
+        """Return the limiter's state for the current request.
+
+        flask-limiter keeps it in a defaultdict that it adds to the request
+        context on first use. One limiter per application needs only an
+        attribute of the request, which is cheaper to look up.
+        """
+        request = flask.request._get_current_object()  # type: ignore[attr-defined]
+        context: LimiterContext | None = getattr(request, _CONTEXT_ATTRIBUTE, None)
+        if context is None:
+            context = LimiterContext()
+            setattr(request, _CONTEXT_ATTRIBUTE, context)
+        return context
 
     def _replace_header_hook(self, app: flask.Flask) -> None:
         """Put :meth:`_add_headers` in place of flask-limiter's header hook."""
@@ -137,7 +161,8 @@ class ServerLimiter(Limiter):
         headers.add(self._limit_header, str(limit.limit.amount))
         headers.add(self._remaining_header, str(window.remaining))
         headers.add(self._reset_header, str(reset_at))
-        headers.set(self._retry_after_header, str(int(reset_at - time.time())))
+        # The condition above found no Retry-After, so add() need not search.
+        headers.add(self._retry_after_header, str(int(reset_at - time.time())))
         return response
 
     def _check_request_limit(
@@ -153,8 +178,9 @@ class ServerLimiter(Limiter):
         flask-limiter's own path.
         """
         # NOTE: this overrides private parts of flask-limiter 4.1 (this method,
-        # _storage_dead, _key_prefix, RequestLimit._window and the header
-        # hook), so check them on every upgrade.
+        # context, LimiterContext, _storage_dead, _key_prefix,
+        # RequestLimit._window and the header hook), so check them on every
+        # upgrade.
         if (
             not in_middleware
             or self._storage_dead
@@ -195,13 +221,18 @@ class ServerLimiter(Limiter):
         key = client_address()
         method = flask.request.method
         view_limits: list[RequestLimit] = []
-        for limit in self._index_limits:
-            args = [key, limit.scope_for("index", method)]
+        for limit, scopes in zip(self._index_limits, self._index_scopes, strict=True):
+            scope = scopes.get(method)
+            if scope is None:
+                scope = scopes[method] = limit.scope_for("index", method)
+            args = [key, scope]
             if self._key_prefix:
                 args.insert(0, self._key_prefix)
             request_limit = RequestLimit(self, limit.limit, args, False, limit.shared)
             view_limits.append(request_limit)
-            admitted = strategy.hit(limit.limit, *args, cost=limit.deduction_amount)
+            admitted = strategy.hit_key(
+                limit.limit, request_limit.key, cost=limit.deduction_amount
+            )
             # The window statistics are known from the hit, so the header hook
             # reads them without another lookup.
             request_limit._window = strategy.last_window(request_limit.key)
