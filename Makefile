@@ -49,7 +49,7 @@ $(VENV)/.bench-requirements: bench/requirements.txt $(BIN)/activate
 	$(BIN)/pip install --quiet -r bench/requirements.txt
 	touch $@
 
-bench: venv $(VENV)/.bench-requirements  ## Benchmark against bare gunicorn and nginx (about 10 min).
+bench: venv $(VENV)/.bench-requirements  ## Benchmark against bare gunicorn and nginx (about 16 min).
 	python -m bench
 
 test-load: venv  ## Load, fault and bad-input tests on loopback (about 2 min).

@@ -44,7 +44,7 @@ def parse_args() -> argparse.Namespace:
         "--seconds", type=int, default=5, help="length of each wrk run in seconds"
     )
     parser.add_argument(
-        "--rounds", type=int, default=3, help="runs of each server per connection count"
+        "--rounds", type=int, default=5, help="runs of each server per connection count"
     )
     parser.add_argument(
         "--connections",
