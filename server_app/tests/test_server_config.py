@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import flask
 import pytest
 from server_support import RedisServer
 
@@ -112,3 +113,20 @@ def test_factory_app_limits_with_redis(redis_server: RedisServer) -> None:
     assert client.get("/missing").get_json() == {"error": "Not Found", "status": 404}
     for limiter in app.extensions["limiter"]:
         limiter.storage.get_connection().close()
+
+
+def test_limiter_state_per_request_context(redis_server: RedisServer) -> None:
+    app = create_app({"RATE_LIMIT": "5/minute", "REDIS_URL": redis_server.url()})
+    (limiter,) = app.extensions["limiter"]
+
+    with app.test_request_context("/"):
+        state = limiter.context
+        copied = flask.copy_current_request_context(lambda: limiter.context)()
+        same = limiter.context
+    with app.test_request_context("/"):
+        later = limiter.context
+
+    assert same is state
+    assert copied is not state
+    assert later is not state
+    limiter.storage.get_connection().close()

@@ -32,12 +32,13 @@ def respond(
     method: str,
     headers: list[tuple[str, str]],
     chunks: list[bytes],
+    response_class: type[OneWriteResponse] = OneWriteResponse,
 ) -> None:
     """Send the response to a ``method`` request with ``headers`` and ``chunks``."""
     config = Config()
     raw = f"{method} / HTTP/1.1\r\nHost: example.test\r\n\r\n".encode("ascii")
     request = next(iter(RequestParser(config, [raw], ("127.0.0.1", 40000))))
-    response = OneWriteResponse(request, server_end, config)
+    response = response_class(request, server_end, config)
     response.start_response("200 OK", headers)
     for chunk in chunks:
         response.write(chunk)
@@ -115,3 +116,20 @@ def test_head_response_sends_no_body(
     assert messages[0].startswith(b"HTTP/1.1 200 OK\r\n")
     assert messages[0].endswith(b"\r\n\r\n")
     assert b"\r\nContent-Length: 27" in messages[0]
+
+
+def test_subclass_keeps_gunicorn_writes(
+    socket_pair: tuple[socket.socket, socket.socket],
+) -> None:
+    # gunicorn's HTTP/2 response subclasses the installed Response.
+    class FramedResponse(OneWriteResponse):
+        pass
+
+    server_end, client_end = socket_pair
+    headers = [("Content-Length", str(len(BODY)))]
+    respond(server_end, "GET", headers, [BODY], FramedResponse)
+
+    messages = received_messages(client_end)
+    assert len(messages) == 2
+    assert messages[0].endswith(b"\r\n\r\n")
+    assert messages[1] == BODY

@@ -5,7 +5,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from typing import Any
 
 import flask
@@ -17,26 +17,6 @@ from server_app.metrics import create_metrics
 from server_app.views import register_views
 
 LOG_FORMAT = "%(asctime)s [%(process)d] [%(levelname)s] %(name)s: %(message)s"
-
-
-class ServerFlask(flask.Flask):
-    """A Flask application that checks each hook for ``async def`` only once.
-
-    Flask calls :meth:`ensure_sync` on the view and every hook of every
-    request, and each call inspects the function's code flags. The hooks
-    and views of this application are fixed once it is created, so the
-    answers are kept.
-    """
-
-    def __init__(self, import_name: str) -> None:
-        super().__init__(import_name)
-        self._sync_functions: dict[Callable[..., Any], Callable[..., Any]] = {}
-
-    def ensure_sync(self, func: Callable[..., Any]) -> Callable[..., Any]:
-        sync = self._sync_functions.get(func)
-        if sync is None:
-            sync = self._sync_functions[func] = super().ensure_sync(func)
-        return sync
 
 
 def create_app(config: Mapping[str, Any] | None = None) -> flask.Flask:
@@ -52,7 +32,7 @@ def create_app(config: Mapping[str, Any] | None = None) -> flask.Flask:
     settings = AppSettings.from_env(environ)
     configure_logging(settings.log_level)
 
-    app = ServerFlask(__name__)
+    app = flask.Flask(__name__)
     app.config["SETTINGS"] = settings
     if settings.trusted_proxy_count:
         app.wsgi_app = ProxyFix(  # type: ignore[method-assign]

@@ -9,6 +9,7 @@ import time
 from typing import TYPE_CHECKING, cast
 
 import flask
+from flask.globals import request_ctx
 from flask_limiter import HeaderNames, Limiter, RateLimitExceeded, RequestLimit
 from flask_limiter._extension import LimiterContext
 from limits.storage import RedisStorage
@@ -24,7 +25,7 @@ if TYPE_CHECKING:
 # flask-limiter's after_request hook that adds the rate limit headers.
 _FLASK_LIMITER_HEADER_HOOK = Limiter._Limiter__inject_headers  # type: ignore[attr-defined]
 
-# The attribute of flask.request that stores the limiter's per-request state.
+# The attribute of Flask's request context that stores the limiter's state.
 _CONTEXT_ATTRIBUTE = "server_limiter_context"
 
 # The environ key of the values that werkzeug's ProxyFix replaced (werkzeug 3.1).
@@ -114,15 +115,19 @@ class ServerLimiter(Limiter):
     def context(self) -> LimiterContext:
         """Return the limiter's state for the current request.
 
-        flask-limiter keeps it in a defaultdict that it adds to the request
-        context on first use. One limiter per application needs only an
-        attribute of the request, which is cheaper to look up.
+        flask-limiter keeps it in a defaultdict keyed by limiter, which it adds
+        to the request context on first use. This limiter keeps it in an
+        attribute of its own on the request context, which is cheaper to look
+        up. A copy of the context, as copy_current_request_context makes,
+        gets state of its own, as with flask-limiter.
         """
-        request = flask.request._get_current_object()  # type: ignore[attr-defined]
-        context: LimiterContext | None = getattr(request, _CONTEXT_ATTRIBUTE, None)
+        request_context = request_ctx._get_current_object()  # type: ignore[attr-defined]
+        context: LimiterContext | None = getattr(
+            request_context, _CONTEXT_ATTRIBUTE, None
+        )
         if context is None:
             context = LimiterContext()
-            setattr(request, _CONTEXT_ATTRIBUTE, context)
+            setattr(request_context, _CONTEXT_ATTRIBUTE, context)
         return context
 
     def _replace_header_hook(self, app: flask.Flask) -> None:

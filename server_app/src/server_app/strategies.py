@@ -251,9 +251,7 @@ class _PipelinedScriptCaller:
     process makes one round trip and a few system calls for many requests.
 
     The class works only under gevent. Greenlets switch only where one
-    waits, so the queue needs no lock. gevent's Event costs a fraction of
-    threading.Event, which is built on a Condition even once gevent has
-    patched threading.
+    waits, so the queue needs no lock.
     """
 
     def __init__(self, storage: RedisStorage, script: bytes) -> None:
