@@ -41,7 +41,7 @@ def count_of(caller: _PipelinedScriptCaller) -> int:
 
 
 def concurrent_calls(caller: _PipelinedScriptCaller, redis_pid: int) -> dict[str, Any]:
-    """Twenty greenlets call at once: one round trip, every count once."""
+    """Send twenty calls at once, which share one round trip and get distinct counts."""
     round_trips = []
     run_many = caller._caller.run_many
 

@@ -274,12 +274,9 @@ class _PipelinedScriptCaller:
             try:
                 call.done.wait()
             except BaseException:
-                # A gevent timeout or kill: the call leaves the queue, and if
-                # it was its turn to send, the next call gets the turn.
-                if call in self._queue:
-                    self._queue.remove(call)
-                if call.sends:
-                    self._pass_turn()
+                # A gevent timeout or kill ended the wait, so the call leaves
+                # the queue and passes on its turn to send if it had it.
+                self._leave_queue(call)
                 raise
         else:
             self._sending = call.sends = True
@@ -310,13 +307,19 @@ class _PipelinedScriptCaller:
             for call in batch:
                 call.reply = error
         finally:
-            # A gevent timeout during the yield leaves the sender's call
-            # queued, and nobody would send it.
-            if not batch and own in self._queue:
-                self._queue.remove(own)
             for call in batch:
                 if call.done is not None:
                     call.done.set()
+            # A gevent timeout during the yield leaves the sender's own call
+            # queued, where no greenlet would send it.
+            self._leave_queue(own)
+
+    def _leave_queue(self, call: _QueuedCall) -> None:
+        """Take ``call`` out of the queue if it is still there, and pass on
+        its turn to send if it has the turn."""
+        if call in self._queue:
+            self._queue.remove(call)
+        if call.sends:
             self._pass_turn()
 
     def _pass_turn(self) -> None:
@@ -413,6 +416,14 @@ class OneTripWindow:
         if remaining == 0:
             self._exhausted.add(key, reset_at, now)
 
+    def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
+        return self.hit_key(item, item.key_for(*identifiers), cost)
+
+    def hit_key(self, item: RateLimitItem, key: str, cost: int = 1) -> bool:
+        """Hit ``item`` on ``key``, which ``item.key_for`` built, and return
+        whether the request is admitted."""
+        raise NotImplementedError
+
     def last_window(self, key: str) -> WindowStats | None:
         """Return the statistics of the current request's hit on ``key``."""
         return self._last.stats.get(key)
@@ -430,12 +441,7 @@ class OneTripFixedWindow(OneTripWindow, FixedWindowRateLimiter):
     def __init__(self, storage: RedisStorage, health: StorageHealth) -> None:
         super().__init__(storage, health, _INCR_EXPIRE_PTTL)
 
-    def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
-        return self.hit_key(item, item.key_for(*identifiers), cost)
-
     def hit_key(self, item: RateLimitItem, key: str, cost: int = 1) -> bool:
-        """Hit ``item`` on ``key``, which ``item.key_for`` built, and return
-        whether the request is admitted."""
         now = time.time()
         if self._start_hit(key, now):
             return False
@@ -460,12 +466,7 @@ class OneTripMovingWindow(OneTripWindow, MovingWindowRateLimiter):
     def __init__(self, storage: RedisStorage, health: StorageHealth) -> None:
         super().__init__(storage, health, _ACQUIRE_MOVING_WINDOW)
 
-    def hit(self, item: RateLimitItem, *identifiers: str, cost: int = 1) -> bool:
-        return self.hit_key(item, item.key_for(*identifiers), cost)
-
     def hit_key(self, item: RateLimitItem, key: str, cost: int = 1) -> bool:
-        """Hit ``item`` on ``key``, which ``item.key_for`` built, and return
-        whether the request is admitted."""
         now = time.time()
         if self._start_hit(key, now):
             return False
