@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Protocol
+from typing import Protocol, cast
 
 from bench.processes import (
     GunicornServer,
@@ -14,6 +14,7 @@ from bench.processes import (
     bare_gunicorn_argv,
     free_port,
 )
+from server_app.config import WorkerClass, parse_reuse_port
 
 HELLO_JSON = '{"message":"hello world!"}'
 
@@ -135,10 +136,17 @@ def gunicorn_targets(
     }
     slug = f"{setup.worker_class}-{setup.workers}-{setup.threads}"
     port = free_port()
+    # Bare gunicorn listens the way our server does with its default
+    # GUNICORN_REUSE_PORT, so the two differ only in the application.
+    reuse_port = parse_reuse_port(
+        "auto", cast(WorkerClass, setup.worker_class), f"127.0.0.1:{port}"
+    )
     bare = GunicornServer(
         workdir / f"bare-{slug}",
         {},
-        bare_gunicorn_argv(port, setup.workers, setup.worker_class, setup.threads),
+        bare_gunicorn_argv(
+            port, setup.workers, setup.worker_class, setup.threads, reuse_port
+        ),
         name="bare-gunicorn",
         port=port,
     )

@@ -275,7 +275,7 @@ class GunicornServer:
 
 
 def bare_gunicorn_argv(
-    port: int, workers: int, worker_class: str, threads: int
+    port: int, workers: int, worker_class: str, threads: int, reuse_port: bool
 ) -> list[str]:
     """Return gunicorn arguments for the bench's Flask hello app, no limiter."""
     return [
@@ -288,6 +288,7 @@ def bare_gunicorn_argv(
         worker_class,
         "--threads",
         str(threads),
+        *(["--reuse-port"] if reuse_port else []),
         "bench.hello_app:app",
     ]
 

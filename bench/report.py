@@ -297,7 +297,10 @@ on different days.
 - **nginx limit_req**: nginx's own per-address limit in shared memory, once
   with a rate it never reaches and once with 1 request a minute.
 - **bare gunicorn**: gunicorn with a Flask app that returns the same JSON,
-  with no limiter and no metrics, and the same worker class and counts.
+  with no limiter and no metrics, and the same worker class and counts. Like
+  ours with its default `GUNICORN_REUSE_PORT=auto`, each `gevent` or
+  `gthread` worker listens on a socket of its own, and `sync` workers share
+  one.
 - **ours**: `server_app` as deployed (Flask-Limiter with Redis storage,
   Prometheus metrics in multiprocess mode), once with `RATE_LIMIT`
   1000000000/minute (every request admitted) and once with 1/hour (every

@@ -66,6 +66,45 @@ def test_access_log_accepts_booleans(value: str, expected: bool) -> None:
     assert settings.access_log is expected
 
 
+@pytest.mark.parametrize(
+    ("value", "worker_class", "bind", "expected"),
+    [
+        ("auto", "gevent", "0.0.0.0:80", True),
+        ("auto", "gthread", "[::]:8080", True),
+        ("auto", "sync", "0.0.0.0:80", False),
+        ("auto", "gevent", "unix:/run/app.sock", False),
+        ("AUTO", "gevent", "0.0.0.0:80", True),
+        ("true", "sync", "0.0.0.0:80", True),
+        ("false", "gevent", "0.0.0.0:80", False),
+        ("off", "gevent", "unix:/run/app.sock", False),
+    ],
+)
+def test_reuse_port_follows_worker_class_and_bind(
+    value: str, worker_class: str, bind: str, expected: bool
+) -> None:
+    settings = GunicornSettings.from_env(
+        {
+            "GUNICORN_REUSE_PORT": value,
+            "GUNICORN_WORKER_CLASS": worker_class,
+            "GUNICORN_BIND": bind,
+        }
+    )
+
+    assert settings.reuse_port is expected
+
+
+def test_reuse_port_rejects_unix_socket() -> None:
+    with pytest.raises(ConfigError) as raised:
+        GunicornSettings.from_env(
+            {"GUNICORN_REUSE_PORT": "true", "GUNICORN_BIND": "unix:/run/app.sock"}
+        )
+
+    assert str(raised.value) == (
+        "invalid GUNICORN_REUSE_PORT='true': expected auto or false with "
+        "GUNICORN_BIND='unix:/run/app.sock', a unix socket"
+    )
+
+
 def test_gunicorn_defaults_scale_with_cpus() -> None:
     settings = GunicornSettings.from_env({}, cpu_count=2)
 
@@ -74,6 +113,7 @@ def test_gunicorn_defaults_scale_with_cpus() -> None:
     assert settings.worker_class == "gevent"
     assert settings.threads == 4
     assert settings.access_log is False
+    assert settings.reuse_port is True
     assert default_workers(1) == 2
     assert default_workers(64) == 8
 

@@ -34,6 +34,7 @@ INVALID_SETTINGS = [
     ("GUNICORN_WORKER_CLASS", "eventlet"),
     ("GUNICORN_THREADS", "0"),
     ("GUNICORN_ACCESS_LOG", "maybe"),
+    ("GUNICORN_REUSE_PORT", "sometimes"),
 ]
 
 

@@ -164,6 +164,10 @@ BAD_INPUTS = [
         "Invalid server_gunicorn_worker_class 'eventlet': expected gevent, gthread",
     ),
     (
+        {"server_gunicorn_reuse_port": "sometimes"},
+        "Invalid server_gunicorn_reuse_port 'sometimes': expected auto, true or",
+    ),
+    (
         {"server_log_level": "LOUD"},
         "Invalid server_log_level 'LOUD': expected DEBUG, INFO, WARNING, ERROR or",
     ),

@@ -50,6 +50,7 @@ SERVER_SETTINGS = [
     ("GUNICORN_WORKERS", "0"),
     ("GUNICORN_WORKER_CLASS", "eventlet"),
     ("GUNICORN_THREADS", "lots"),
+    ("GUNICORN_REUSE_PORT", "sometimes"),
 ]
 
 # Client settings: the client must exit 2 with one ERROR line naming the

@@ -116,6 +116,7 @@ class GunicornSettings:
     worker_class: WorkerClass
     threads: int
     access_log: bool
+    reuse_port: bool
 
     @classmethod
     def from_env(
@@ -124,22 +125,24 @@ class GunicornSettings:
         """Build the settings from ``environ``, sizing defaults by ``cpu_count``."""
         env = os.environ if environ is None else environ
         cpus = cpu_count if cpu_count is not None else (os.cpu_count() or 1)
+        bind = parse_bind(env.get("GUNICORN_BIND", DEFAULT_BIND))
+        worker_class = cast(
+            WorkerClass,
+            parse_choice(
+                "GUNICORN_WORKER_CLASS",
+                env.get("GUNICORN_WORKER_CLASS", "gevent"),
+                WORKER_CLASSES,
+            ),
+        )
         return cls(
-            bind=parse_bind(env.get("GUNICORN_BIND", DEFAULT_BIND)),
+            bind=bind,
             workers=parse_int(
                 "GUNICORN_WORKERS",
                 env.get("GUNICORN_WORKERS", str(default_workers(cpus))),
                 minimum=1,
                 maximum=MAX_WORKERS,
             ),
-            worker_class=cast(
-                WorkerClass,
-                parse_choice(
-                    "GUNICORN_WORKER_CLASS",
-                    env.get("GUNICORN_WORKER_CLASS", "gevent"),
-                    WORKER_CLASSES,
-                ),
-            ),
+            worker_class=worker_class,
             threads=parse_int(
                 "GUNICORN_THREADS",
                 env.get("GUNICORN_THREADS", "4"),
@@ -148,6 +151,9 @@ class GunicornSettings:
             ),
             access_log=parse_bool(
                 "GUNICORN_ACCESS_LOG", env.get("GUNICORN_ACCESS_LOG", "false")
+            ),
+            reuse_port=parse_reuse_port(
+                env.get("GUNICORN_REUSE_PORT", "auto"), worker_class, bind
             ),
         )
 
@@ -159,6 +165,32 @@ def default_workers(cpu_count: int) -> int:
     more processes than CPUs only add memory and context switches.
     """
     return min(cpu_count + 1, 8)
+
+
+def parse_reuse_port(value: str, worker_class: WorkerClass, bind: str) -> bool:
+    """Return whether each worker gets a listening socket of its own.
+
+    With SO_REUSEPORT the kernel spreads new connections over the workers'
+    sockets by address and port. Without it the workers accept from one
+    shared socket, and a gevent or gthread worker that wakes first may take
+    most of a burst of connections, so one worker serves them while the others
+    idle. A sync worker serves one connection at a time, so ``auto`` leaves it
+    on the shared socket, where an idle worker takes the next connection.
+    Each worker would replace the file of a ``unix:`` socket with its own, so
+    ``auto`` is off there and ``true`` is an error.
+    """
+    name = "GUNICORN_REUSE_PORT"
+    if value.strip().lower() == "auto":
+        return worker_class != "sync" and not bind.startswith("unix:")
+    try:
+        enabled = parse_bool(name, value)
+    except ConfigError:
+        raise ConfigError(name, value, "auto, true or false") from None
+    if enabled and bind.startswith("unix:"):
+        raise ConfigError(
+            name, value, f"auto or false with GUNICORN_BIND={bind!r}, a unix socket"
+        )
+    return enabled
 
 
 def parse_rate_limit(value: str) -> str:

@@ -64,6 +64,8 @@ bind = [_server.bind]
 workers = _server.workers
 worker_class = _server.worker_class
 threads = _server.threads
+# Each worker listens on a socket of its own (see config.parse_reuse_port).
+reuse_port = _server.reuse_port
 
 # Logs go to stderr and the access log, when enabled, to stdout, so systemd's
 # journal or the container runtime collects both.
