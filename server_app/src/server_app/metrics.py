@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from wsgiref.types import StartResponse, WSGIApplication, WSGIEnvironment
 
 import flask
-from prometheus_client import CollectorRegistry, Counter, Histogram
+from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
@@ -20,6 +20,43 @@ START_TIME_KEY = "server_app.request_start"
 # Only these statuses are counted per client address: an unbounded set of
 # addresses times every status would grow the metrics without need.
 CLIENT_STATUSES = frozenset({200, 429})
+
+
+class _ProcessId:
+    """The ID of this process, read from the kernel again only after a fork."""
+
+    def __init__(self) -> None:
+        self.value = os.getpid()
+        os.register_at_fork(after_in_child=self._refresh)
+
+    def _refresh(self) -> None:
+        self.value = os.getpid()
+
+    def __call__(self) -> int:
+        return self.value
+
+
+def read_process_id_once() -> None:
+    """Make the multiprocess metric values ask the kernel for the process ID
+    once per process, not on every update.
+
+    prometheus_client compares the process ID before each update, to start
+    new files after a fork, and os.getpid() is a system call each time: 4 of
+    them per request here. Call this before the process creates any metric:
+    a metric value created before the call keeps a second handle on the same
+    file. It does nothing without PROMETHEUS_MULTIPROC_DIR, or when called
+    again.
+    """
+    value_class = values.ValueClass
+    if not getattr(value_class, "_multiprocess", False):
+        return
+    if getattr(value_class, "reads_process_id_once", False):
+        return
+    value_class = values.MultiProcessValue(  # type: ignore[no-untyped-call]
+        process_identifier=_ProcessId()
+    )
+    value_class.reads_process_id_once = True
+    values.ValueClass = value_class
 
 
 class ClientRequestCounter:
