@@ -6,14 +6,17 @@ the boundary of every write, so the other end receives one message per write.
 
 from __future__ import annotations
 
+import email.utils
 import socket
+import threading
+import time
 from collections.abc import Iterator
 
 import pytest
 from gunicorn.config import Config
 from gunicorn.http.parser import RequestParser
 
-from server_app.gunicorn_response import OneWriteResponse
+from server_app.gunicorn_response import OneWriteResponse, http_date, send_all
 
 BODY = b'{"message":"hello world!"}\n'
 
@@ -133,3 +136,56 @@ def test_subclass_keeps_gunicorn_writes(
     assert len(messages) == 2
     assert messages[0].endswith(b"\r\n\r\n")
     assert messages[1] == BODY
+
+
+def stream_pair() -> tuple[socket.socket, socket.socket]:
+    """Return a stream socket pair whose sending end has a timeout, as
+    gevent's and gthread's client sockets do, and a 64 KiB send buffer."""
+    sender, receiver = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+    sender.setsockopt(socket.SOL_SOCKET, socket.SO_SNDBUF, 65536)
+    sender.settimeout(10)
+    return sender, receiver
+
+
+def test_send_all_finishes_partial_send() -> None:
+    data = bytes(range(256)) * 16384
+    probe_sender, probe_receiver = stream_pair()
+    with probe_sender, probe_receiver:
+        # One send() on such a socket takes only part of 4 MiB.
+        assert 0 < probe_sender.send(data) < len(data)
+    sender, receiver = stream_pair()
+    received = bytearray()
+
+    def receive() -> None:
+        while len(received) < len(data):
+            chunk = receiver.recv(1 << 20)
+            if not chunk:
+                return
+            received.extend(chunk)
+
+    reader = threading.Thread(target=receive)
+    reader.start()
+    try:
+        send_all(sender, data)
+    finally:
+        reader.join(timeout=10)
+        sender.close()
+        receiver.close()
+
+    assert bytes(received) == data
+
+
+def test_http_date_formats_current_second() -> None:
+    for _ in range(3):
+        second = int(time.time())
+        value = http_date()
+        if int(time.time()) == second:
+            break
+
+    assert value == email.utils.formatdate(second, usegmt=True)
+    assert http_date() is http_date() or int(time.time()) != second
+
+
+def test_http_date_formats_given_timestamp() -> None:
+    assert http_date(0) == "Thu, 01 Jan 1970 00:00:00 GMT"
+    assert http_date(1700000000.9) == "Tue, 14 Nov 2023 22:13:20 GMT"

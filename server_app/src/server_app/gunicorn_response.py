@@ -1,17 +1,24 @@
 """Changes to how gunicorn writes responses, installed by ``gunicorn_conf``.
 
-NOTE: these replace two names inside gunicorn 27, ``gunicorn.util.write_error``
-and ``gunicorn.http.wsgi.Response``, so check both on every upgrade. The
-replacements go in before the master forks, so every worker inherits them.
+NOTE: these replace three names inside gunicorn 27, ``gunicorn.util.write_error``,
+``gunicorn.util.http_date`` and ``gunicorn.http.wsgi.Response``, so check them
+on every upgrade. The replacements go in before the master forks, so every
+worker inherits them.
 """
 
 from __future__ import annotations
 
 import json
 import socket
+import time
 
 from gunicorn import util
 from gunicorn.http import wsgi
+
+_format_http_date = util.http_date
+
+# The second and the Date header value of the latest response.
+_latest_date: tuple[int, str] = (-1, "")
 
 
 def write_json_error(
@@ -73,10 +80,41 @@ class OneWriteResponse(wsgi.Response):  # type: ignore[misc]
         head = ("".join(lines) + "\r\n").encode("latin-1")
         self.headers_sent = True
         self.sent = len(arg)
-        util.write(self.sock, head + arg)
+        send_all(self.sock, head + arg)
+
+
+def send_all(sock: socket.socket, data: bytes) -> None:
+    """Send ``data`` with one ``send`` call when the socket takes all of it.
+
+    gevent's ``sendall`` reads the socket's buffer size with getsockopt
+    before every write, a system call that a short response does not need.
+    ``sendall`` sends what a partial send left.
+    """
+    sent = sock.send(data)
+    if sent < len(data):
+        sock.sendall(memoryview(data)[sent:])
+
+
+def http_date(timestamp: float | None = None) -> str:
+    """Return the Date header value of gunicorn's responses, formatted once a second.
+
+    The header has a resolution of one second, and formatting it took about
+    2% of a gevent worker's samples in a py-spy profile under load.
+    """
+    global _latest_date
+    if timestamp is not None:
+        return str(_format_http_date(timestamp))
+    second = int(time.time())
+    latest = _latest_date
+    if latest[0] != second:
+        latest = (second, str(_format_http_date(second)))
+        _latest_date = latest
+    return latest[1]
 
 
 def install() -> None:
-    """Put the JSON error writer and the one-write response into gunicorn."""
+    """Put the JSON error writer, the cached Date and the one-write response
+    into gunicorn."""
     util.write_error = write_json_error
+    util.http_date = http_date
     wsgi.Response = OneWriteResponse
