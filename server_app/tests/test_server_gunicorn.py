@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import socket
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -405,3 +406,37 @@ def test_duration_histogram_by_endpoint(start_gunicorn: StartGunicorn) -> None:
         == 0
     )
     assert sample(metrics, "flask_http_request_total", method="GET", status="404") == 1
+
+
+def read_available(sock: socket.socket) -> bytes:
+    """Return what ``sock`` has received so far, without waiting for more."""
+    sock.setblocking(False)
+    data = bytearray()
+    try:
+        while chunk := sock.recv(1 << 20):
+            data.extend(chunk)
+    except BlockingIOError:
+        pass
+    sock.setblocking(True)
+    return bytes(data)
+
+
+def test_rejected_client_does_not_hold_worker(start_gunicorn: StartGunicorn) -> None:
+    server = start_gunicorn(
+        RATE_LIMIT="1/hour", GUNICORN_WORKERS="1", GUNICORN_WORKER_CLASS="gevent"
+    )
+    assert request(server.port, source="127.0.0.2").status == 200
+    pipelined = 300
+    with socket.create_connection(
+        ("127.0.0.1", server.port), timeout=10, source_address=("127.0.0.2", 0)
+    ) as flooding:
+        # 300 requests in one write, all over the limit, so none waits for
+        # Redis and the worker finds each next one already read.
+        flooding.sendall(b"GET / HTTP/1.1\r\nHost: localhost\r\n\r\n" * pipelined)
+        other = request(server.port, source="127.0.0.3")
+        answered_before = read_available(flooding).count(b"HTTP/1.1 429 ")
+
+    assert other.status == 200
+    # Each rejected request lets the other connections run, so the other
+    # client's request did not wait for all 300.
+    assert answered_before < pipelined

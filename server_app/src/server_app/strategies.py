@@ -265,6 +265,18 @@ class _PipelinedScriptCaller:
         self._queue: list[_QueuedCall] = []
         self._sending = False
 
+    def yield_to_others(self) -> None:
+        """Let the other greenlets run before this one goes on.
+
+        A gevent greenlet runs until it waits. A request rejected without a
+        Redis call does not wait, and when the client has sent its next
+        request by the time the response is written, the greenlet reads it
+        at once. One client connection can then hold a worker for many
+        requests while the others wait, which put the p99 latency over the
+        limit at 64 ms against 8 ms under it (16 connections, 3 workers).
+        """
+        self._yield(0)
+
     def __call__(self, key: str, *args: object) -> Any:
         """Queue the script on ``key`` with ``args`` and return its reply."""
         call = _QueuedCall((key, *args))
@@ -386,6 +398,11 @@ class OneTripWindow:
         self._script = _new_script_caller(storage, script)
         self._exhausted = _ExhaustedKeys()
         self._last = _LastWindow()
+        # Under gevent a request rejected here yields once, as an admitted
+        # one does while it waits for Redis (see yield_to_others).
+        self._yield: Any = None
+        if isinstance(self._script, _PipelinedScriptCaller):
+            self._yield = self._script.yield_to_others
 
     def _start_hit(self, key: str, now: float) -> bool:
         """Forget the previous request's statistics and return whether ``key``
@@ -396,6 +413,8 @@ class OneTripWindow:
         if reset_at is None:
             return False
         self._last.stats[key] = WindowStats(reset_at, 0)
+        if self._yield is not None:
+            self._yield()
         return True
 
     def _run_script(self, *args: Any) -> Any:
