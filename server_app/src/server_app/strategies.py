@@ -18,6 +18,7 @@ import os
 import sys
 import threading
 import time
+from collections.abc import Callable
 from typing import Any, cast
 
 import redis
@@ -400,13 +401,14 @@ class OneTripWindow:
         self._last = _LastWindow()
         # Under gevent a request rejected here yields once, as an admitted
         # one does while it waits for Redis (see yield_to_others).
-        self._yield: Any = None
+        self._yield: Callable[[], None] | None = None
         if isinstance(self._script, _PipelinedScriptCaller):
             self._yield = self._script.yield_to_others
 
     def _start_hit(self, key: str, now: float) -> bool:
         """Forget the previous request's statistics and return whether ``key``
-        is known to be exhausted, recording its statistics if so."""
+        is known to be exhausted, recording its statistics and, under gevent,
+        yielding once if so."""
         if self._last.stats:
             self._last.stats.clear()
         reset_at = self._exhausted.reset_at(key, now)
