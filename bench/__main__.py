@@ -146,6 +146,8 @@ def main() -> None:
     connections = [int(c) for c in args.connections.split(",")]
     setups = [WorkerSetup.parse(s) for s in args.setups.split(",")]
     started = time.monotonic()
+    # Read before the servers start, so it names the code they load.
+    machine = report.machine_description()
 
     with tempfile.TemporaryDirectory(prefix="re-bench-") as tmp:
         workdir = Path(tmp)
@@ -182,7 +184,7 @@ def main() -> None:
         "runs": runs,
         "rss": rss,
         "elapsed_seconds": round(elapsed),
-        "machine": report.machine_description(),
+        "machine": machine,
     }
     args.output_dir.mkdir(parents=True, exist_ok=True)
     (args.output_dir / "benchmarks.json").write_text(json.dumps(data, indent=1) + "\n")
