@@ -10,11 +10,12 @@ from __future__ import annotations
 import os
 import signal
 import socket
+import subprocess
 from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from server_support import Gunicorn, request, wait_until
+from server_support import GUNICORN, Gunicorn, free_port, request, wait_until
 
 StartGunicorn = Callable[..., Gunicorn]
 
@@ -138,3 +139,60 @@ def test_killed_worker_is_replaced_with_its_own_socket(
     wait_until(replaced, 20, "the master replaces the killed worker")
     responses = [request(server.port) for _ in range(20)]
     assert [r.status for r in responses] == [200] * 20
+
+
+def start_second_server(tmp_path: Path, port: int) -> subprocess.CompletedProcess[str]:
+    """Run gunicorn on 127.0.0.1:``port`` until it exits, with default settings."""
+    environ = {
+        **os.environ,
+        "GUNICORN_BIND": f"127.0.0.1:{port}",
+        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "second-metrics"),
+        "REDIS_URL": "redis://127.0.0.1:1/0",
+    }
+    environ.pop("GUNICORN_REUSE_PORT", None)
+    return subprocess.run(
+        [*GUNICORN, "-c", "python:server_app.gunicorn_conf", "server_app.wsgi:app"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )
+
+
+def test_second_server_on_port_exits(
+    start_gunicorn: StartGunicorn, tmp_path: Path
+) -> None:
+    server = start_gunicorn(GUNICORN_WORKERS="2")
+
+    result = start_second_server(tmp_path, server.port)
+
+    # SO_REUSEPORT alone would let the second server share the port.
+    assert result.returncode == 1
+    assert "Booting worker" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        f"server_app: cannot listen on GUNICORN_BIND='127.0.0.1:{server.port}': "
+        "Address already in use: stop the server that uses it, or choose "
+        "another address"
+    )
+    assert len(tcp_sockets(server.port, LISTEN)) == 2
+
+
+def test_port_held_by_other_program_exits(tmp_path: Path) -> None:
+    port = free_port()
+    with socket.create_server(("127.0.0.1", port)):
+        result = start_second_server(tmp_path, port)
+
+    assert result.returncode == 1
+    assert "Address already in use" in result.stderr
+    assert "Booting worker" not in result.stderr
+
+
+def test_startup_logs_listening_address(start_gunicorn: StartGunicorn) -> None:
+    server = start_gunicorn(GUNICORN_WORKERS="2")
+
+    assert (
+        f"Each worker listens on 127.0.0.1:{server.port} with a socket of its own"
+        in server.log()
+    )

@@ -12,9 +12,12 @@ from __future__ import annotations
 import os
 import shutil
 import signal
+import socket
 import tempfile
 from pathlib import Path
 from typing import Any
+
+from gunicorn import util
 
 from server_app import gunicorn_response
 from server_app.config import AppSettings, ConfigError, GunicornSettings
@@ -84,11 +87,44 @@ if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
 
 
 def on_starting(server: Any) -> None:
-    """Empty the metrics directory so that counters start from zero."""
+    """Check the listening address and empty the metrics directory, so that
+    counters start from zero."""
+    if _server.reuse_port:
+        _check_address_free(_server.bind)
+        server.log.info(
+            "Each worker listens on %s with a socket of its own (GUNICORN_REUSE_PORT)",
+            _server.bind,
+        )
     for entry in _metrics_dir.iterdir():
         if entry.is_file() and entry.suffix == ".db":
             entry.unlink()
     server.log.info("Prometheus multiprocess directory: %s", _metrics_dir)
+
+
+def _check_address_free(bind: str) -> None:
+    """Exit unless this process can bind ``bind`` without SO_REUSEPORT.
+
+    With reuse_port the master opens no socket, and each worker binds with
+    SO_REUSEPORT. A second server on the same port would then share its
+    connections, and an address that cannot be bound would make the workers
+    fail and restart for ever while the master runs. A plain bind fails in
+    both cases, so the master stops at once, as it does without reuse_port.
+    """
+    host, port = util.parse_address(bind)
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    with socket.socket(family, socket.SOCK_STREAM) as probe:
+        # The same option gunicorn sets, so connections closing on the port
+        # (TIME_WAIT) do not count as in use.
+        probe.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+        try:
+            probe.bind((host, port))
+        except OSError as error:
+            _remove_temporary_metrics_dir()
+            raise SystemExit(
+                f"server_app: cannot listen on GUNICORN_BIND={bind!r}: "
+                f"{error.strerror}: stop the server that uses it, or choose "
+                "another address"
+            ) from None
 
 
 def post_fork(server: Any, worker: Any) -> None:
@@ -122,5 +158,9 @@ def child_exit(server: Any, worker: Any) -> None:
 
 def on_exit(server: Any) -> None:
     """Remove the metrics directory if this module created it."""
+    _remove_temporary_metrics_dir()
+
+
+def _remove_temporary_metrics_dir() -> None:
     if _metrics_dir_is_temporary:
         shutil.rmtree(_metrics_dir, ignore_errors=True)
