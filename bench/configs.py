@@ -139,7 +139,10 @@ def gunicorn_targets(
     # Bare gunicorn listens the way our server does with its default
     # GUNICORN_REUSE_PORT, so the two differ only in the application.
     reuse_port = parse_reuse_port(
-        "auto", cast(WorkerClass, setup.worker_class), f"127.0.0.1:{port}"
+        "auto",
+        cast(WorkerClass, setup.worker_class),
+        setup.threads,
+        f"127.0.0.1:{port}",
     )
     bare = GunicornServer(
         workdir / f"bare-{slug}",

@@ -72,6 +72,7 @@ def test_access_log_accepts_booleans(value: str, expected: bool) -> None:
         ("auto", "gevent", "0.0.0.0:80", True),
         ("auto", "gthread", "[::]:8080", True),
         ("auto", "sync", "0.0.0.0:80", False),
+        ("auto", "sync:4", "0.0.0.0:80", True),
         ("auto", "gevent", "unix:/run/app.sock", False),
         ("AUTO", "gevent", "0.0.0.0:80", True),
         ("true", "sync", "0.0.0.0:80", True),
@@ -82,10 +83,13 @@ def test_access_log_accepts_booleans(value: str, expected: bool) -> None:
 def test_reuse_port_follows_worker_class_and_bind(
     value: str, worker_class: str, bind: str, expected: bool
 ) -> None:
+    # A class written CLASS:THREADS runs that many threads, and 1 otherwise.
+    name, _, threads = worker_class.partition(":")
     settings = GunicornSettings.from_env(
         {
             "GUNICORN_REUSE_PORT": value,
-            "GUNICORN_WORKER_CLASS": worker_class,
+            "GUNICORN_WORKER_CLASS": name,
+            "GUNICORN_THREADS": threads or "1",
             "GUNICORN_BIND": bind,
         }
     )

@@ -134,6 +134,12 @@ class GunicornSettings:
                 WORKER_CLASSES,
             ),
         )
+        threads = parse_int(
+            "GUNICORN_THREADS",
+            env.get("GUNICORN_THREADS", "4"),
+            minimum=1,
+            maximum=MAX_THREADS,
+        )
         return cls(
             bind=bind,
             workers=parse_int(
@@ -143,17 +149,12 @@ class GunicornSettings:
                 maximum=MAX_WORKERS,
             ),
             worker_class=worker_class,
-            threads=parse_int(
-                "GUNICORN_THREADS",
-                env.get("GUNICORN_THREADS", "4"),
-                minimum=1,
-                maximum=MAX_THREADS,
-            ),
+            threads=threads,
             access_log=parse_bool(
                 "GUNICORN_ACCESS_LOG", env.get("GUNICORN_ACCESS_LOG", "false")
             ),
             reuse_port=parse_reuse_port(
-                env.get("GUNICORN_REUSE_PORT", "auto"), worker_class, bind
+                env.get("GUNICORN_REUSE_PORT", "auto"), worker_class, threads, bind
             ),
         )
 
@@ -167,7 +168,9 @@ def default_workers(cpu_count: int) -> int:
     return min(cpu_count + 1, 8)
 
 
-def parse_reuse_port(value: str, worker_class: WorkerClass, bind: str) -> bool:
+def parse_reuse_port(
+    value: str, worker_class: WorkerClass, threads: int, bind: str
+) -> bool:
     """Return whether each worker gets a listening socket of its own.
 
     With SO_REUSEPORT the kernel spreads new connections over the workers'
@@ -176,12 +179,14 @@ def parse_reuse_port(value: str, worker_class: WorkerClass, bind: str) -> bool:
     most of a burst of connections, so one worker serves them while the others
     idle. A sync worker serves one connection at a time, so ``auto`` leaves it
     on the shared socket, where an idle worker takes the next connection.
-    Each worker would replace the file of a ``unix:`` socket with its own, so
-    ``auto`` is off there and ``true`` is an error.
+    gunicorn runs sync with more than one thread as gthread, so ``auto``
+    treats it as gthread. Each worker would replace the file of a ``unix:``
+    socket with its own, so ``auto`` is off there and ``true`` is an error.
     """
     name = "GUNICORN_REUSE_PORT"
     if value.strip().lower() == "auto":
-        return worker_class != "sync" and not bind.startswith("unix:")
+        runs_sync = worker_class == "sync" and threads == 1
+        return not runs_sync and not bind.startswith("unix:")
     try:
         enabled = parse_bool(name, value)
     except ConfigError:
