@@ -168,6 +168,14 @@ BAD_INPUTS = [
         "Invalid server_gunicorn_reuse_port 'sometimes': expected auto, true or",
     ),
     (
+        {"server_extra_environment": {"GUNICORN_REUSE_PORT": "sometimes"}},
+        "Invalid server_extra_environment: it sets GUNICORN_REUSE_PORT, which the",
+    ),
+    (
+        {"client_extra_environment": {"CLIENT_BACKOFF_FACTOR": "fast"}},
+        "Invalid client_extra_environment: it sets CLIENT_BACKOFF_FACTOR, which the",
+    ),
+    (
         {"server_log_level": "LOUD"},
         "Invalid server_log_level 'LOUD': expected DEBUG, INFO, WARNING, ERROR or",
     ),
