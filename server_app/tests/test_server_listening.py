@@ -141,8 +141,11 @@ def test_killed_worker_is_replaced_with_its_own_socket(
     assert [r.status for r in responses] == [200] * 20
 
 
-def start_second_server(tmp_path: Path, port: int) -> subprocess.CompletedProcess[str]:
-    """Run gunicorn on 127.0.0.1:``port`` until it exits, with default settings."""
+def start_second_server(
+    tmp_path: Path, port: int, **settings: str
+) -> subprocess.CompletedProcess[str]:
+    """Run gunicorn on 127.0.0.1:``port`` until it exits, with default settings
+    and ``settings``."""
     environ = {
         **os.environ,
         "GUNICORN_BIND": f"127.0.0.1:{port}",
@@ -150,6 +153,7 @@ def start_second_server(tmp_path: Path, port: int) -> subprocess.CompletedProces
         "REDIS_URL": "redis://127.0.0.1:1/0",
     }
     environ.pop("GUNICORN_REUSE_PORT", None)
+    environ.update(settings)
     return subprocess.run(
         [*GUNICORN, "-c", "python:server_app.gunicorn_conf", "server_app.wsgi:app"],
         cwd=tmp_path,
@@ -172,7 +176,7 @@ def test_second_server_on_port_exits(
     assert result.returncode == 1
     assert "Booting worker" not in result.stderr
     assert result.stderr.splitlines()[-1] == (
-        f"server_app: cannot listen on GUNICORN_BIND='127.0.0.1:{server.port}': "
+        f"server_app: cannot listen on 127.0.0.1:{server.port}: "
         "Address already in use: stop the server that uses it, or choose "
         "another address"
     )
@@ -195,4 +199,32 @@ def test_startup_logs_listening_address(start_gunicorn: StartGunicorn) -> None:
     assert (
         f"Each worker listens on 127.0.0.1:{server.port} with a socket of its own"
         in server.log()
+    )
+
+
+def test_bind_from_command_line_is_checked(
+    start_gunicorn: StartGunicorn, tmp_path: Path
+) -> None:
+    server = start_gunicorn(GUNICORN_WORKERS="2")
+
+    # GUNICORN_CMD_ARGS overrides GUNICORN_BIND inside gunicorn.
+    result = start_second_server(
+        tmp_path, free_port(), GUNICORN_CMD_ARGS=f"--bind 127.0.0.1:{server.port}"
+    )
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1].startswith(
+        f"server_app: cannot listen on 127.0.0.1:{server.port}: Address already in use"
+    )
+
+
+def test_address_of_other_host_exits(tmp_path: Path) -> None:
+    # 192.0.2.1 is reserved for documentation, so no interface here has it.
+    # Binding it fails at once and sends nothing.
+    result = start_second_server(tmp_path, 0, GUNICORN_BIND="192.0.2.1:8080")
+
+    assert result.returncode == 1
+    assert result.stderr.splitlines()[-1] == (
+        "server_app: cannot listen on 192.0.2.1:8080: Cannot assign requested "
+        "address: choose an address of this host, such as 0.0.0.0:80"
     )

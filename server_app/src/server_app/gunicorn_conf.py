@@ -9,6 +9,7 @@ Prometheus multiprocess directory that the workers share.
 
 from __future__ import annotations
 
+import errno
 import os
 import shutil
 import signal
@@ -16,8 +17,6 @@ import socket
 import tempfile
 from pathlib import Path
 from typing import Any
-
-from gunicorn import util
 
 from server_app import gunicorn_response
 from server_app.config import AppSettings, ConfigError, GunicornSettings
@@ -87,13 +86,16 @@ if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
 
 
 def on_starting(server: Any) -> None:
-    """Check the listening address and empty the metrics directory, so that
+    """Check the listening addresses and empty the metrics directory, so that
     counters start from zero."""
-    if _server.reuse_port:
-        _check_address_free(_server.bind)
+    # The gunicorn settings that apply, which GUNICORN_CMD_ARGS may change.
+    config = server.cfg
+    if config.reuse_port:
+        for address in config.address:
+            _check_address_free(address)
         server.log.info(
             "Each worker listens on %s with a socket of its own (GUNICORN_REUSE_PORT)",
-            _server.bind,
+            ", ".join(config.bind),
         )
     for entry in _metrics_dir.iterdir():
         if entry.is_file() and entry.suffix == ".db":
@@ -101,8 +103,8 @@ def on_starting(server: Any) -> None:
     server.log.info("Prometheus multiprocess directory: %s", _metrics_dir)
 
 
-def _check_address_free(bind: str) -> None:
-    """Exit unless this process can bind ``bind`` without SO_REUSEPORT.
+def _check_address_free(address: tuple[str, int] | str) -> None:
+    """Exit unless this process can bind ``address`` without SO_REUSEPORT.
 
     With reuse_port the master opens no socket, and each worker binds with
     SO_REUSEPORT. A second server on the same port would then share its
@@ -110,7 +112,12 @@ def _check_address_free(bind: str) -> None:
     fail and restart for ever while the master runs. A plain bind fails in
     both cases, so the master stops at once, as it does without reuse_port.
     """
-    host, port = util.parse_address(bind)
+    if not isinstance(address, tuple):
+        # GUNICORN_REUSE_PORT rejects a unix: bind, but gunicorn's own
+        # settings may still add one, which needs no check here.
+        return
+    host, port = address
+    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # The same option gunicorn sets, so connections closing on the port
@@ -120,10 +127,12 @@ def _check_address_free(bind: str) -> None:
             probe.bind((host, port))
         except OSError as error:
             _remove_temporary_metrics_dir()
+            if error.errno == errno.EADDRINUSE:
+                advice = "stop the server that uses it, or choose another address"
+            else:
+                advice = "choose an address of this host, such as 0.0.0.0:80"
             raise SystemExit(
-                f"server_app: cannot listen on GUNICORN_BIND={bind!r}: "
-                f"{error.strerror}: stop the server that uses it, or choose "
-                "another address"
+                f"server_app: cannot listen on {shown}: {error.strerror}: {advice}"
             ) from None
 
 
