@@ -172,6 +172,14 @@ BAD_INPUTS = [
         "Invalid server_extra_environment: it sets GUNICORN_REUSE_PORT, which the",
     ),
     (
+        {"server_extra_environment": "GUNICORN_BIND=1.2.3.4:80"},
+        "Invalid server_extra_environment: expected a mapping of variable names",
+    ),
+    (
+        {"server_bind_address": ""},
+        "Invalid server_bind_address '': expected an IP address or host name",
+    ),
+    (
         {"client_extra_environment": {"CLIENT_BACKOFF_FACTOR": "fast"}},
         "Invalid client_extra_environment: it sets CLIENT_BACKOFF_FACTOR, which the",
     ),
