@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import http.client
 import json
+import os
+import subprocess
 import sys
 import time
 from collections.abc import Callable, Mapping
@@ -27,6 +29,7 @@ __all__ = [
     "Response",
     "free_port",
     "request",
+    "run_gunicorn",
     "sample",
     "scrape",
     "wait_until",
@@ -123,3 +126,29 @@ class Gunicorn(GunicornServer):
             return request(self.port, "/healthz").status in (200, 503)
         except OSError:
             return False
+
+
+def run_gunicorn(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
+    """Run gunicorn with the packaged config in ``tmp_path`` until it exits.
+
+    It binds a free loopback port and points at a closed Redis port unless
+    ``env`` sets GUNICORN_BIND or REDIS_URL.
+    """
+    environ = dict(os.environ)
+    environ.update(
+        {
+            "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
+            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+        }
+    )
+    environ.update(env)
+    return subprocess.run(
+        [*GUNICORN, "-c", "python:server_app.gunicorn_conf", "server_app.wsgi:app"],
+        cwd=tmp_path,
+        env=environ,
+        capture_output=True,
+        text=True,
+        timeout=30,
+        check=False,
+    )

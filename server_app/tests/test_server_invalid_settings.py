@@ -2,12 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
 from pathlib import Path
 
 import pytest
-from server_support import GUNICORN, free_port
+from server_support import run_gunicorn
 
 INVALID_SETTINGS = [
     ("RATE_LIMIT", "5/10min"),
@@ -36,27 +34,6 @@ INVALID_SETTINGS = [
     ("GUNICORN_ACCESS_LOG", "maybe"),
     ("GUNICORN_REUSE_PORT", "sometimes"),
 ]
-
-
-def run_gunicorn(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    environ = dict(os.environ)
-    environ.update(
-        {
-            "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-            "REDIS_URL": "redis://127.0.0.1:1/0",
-        }
-    )
-    environ.update(env)
-    return subprocess.run(
-        [*GUNICORN, "-c", "python:server_app.gunicorn_conf", "server_app.wsgi:app"],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
 
 
 @pytest.mark.parametrize(("name", "value"), INVALID_SETTINGS)

@@ -15,7 +15,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import pytest
-from server_support import GUNICORN, Gunicorn, free_port, request, wait_until
+from server_support import Gunicorn, free_port, request, run_gunicorn, wait_until
 
 StartGunicorn = Callable[..., Gunicorn]
 
@@ -144,25 +144,8 @@ def test_killed_worker_is_replaced_with_its_own_socket(
 def start_second_server(
     tmp_path: Path, port: int, **settings: str
 ) -> subprocess.CompletedProcess[str]:
-    """Run gunicorn on 127.0.0.1:``port`` until it exits, with default settings
-    and ``settings``."""
-    environ = {
-        **os.environ,
-        "GUNICORN_BIND": f"127.0.0.1:{port}",
-        "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "second-metrics"),
-        "REDIS_URL": "redis://127.0.0.1:1/0",
-    }
-    environ.pop("GUNICORN_REUSE_PORT", None)
-    environ.update(settings)
-    return subprocess.run(
-        [*GUNICORN, "-c", "python:server_app.gunicorn_conf", "server_app.wsgi:app"],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    """Run gunicorn on 127.0.0.1:``port`` until it exits, with ``settings``."""
+    return run_gunicorn(tmp_path, GUNICORN_BIND=f"127.0.0.1:{port}", **settings)
 
 
 def test_second_server_on_port_exits(
@@ -221,7 +204,7 @@ def test_bind_from_command_line_is_checked(
 def test_address_of_other_host_exits(tmp_path: Path) -> None:
     # 192.0.2.1 is reserved for documentation, so no interface here has it.
     # Binding it fails at once and sends nothing.
-    result = start_second_server(tmp_path, 0, GUNICORN_BIND="192.0.2.1:8080")
+    result = run_gunicorn(tmp_path, GUNICORN_BIND="192.0.2.1:8080")
 
     assert result.returncode == 1
     assert result.stderr.splitlines()[-1] == (

@@ -117,7 +117,7 @@ def _check_address_free(address: tuple[str, int] | str) -> None:
         # settings may still add one, which needs no check here.
         return
     host, port = address
-    shown = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
+    address_text = f"[{host}]:{port}" if ":" in host else f"{host}:{port}"
     family = socket.AF_INET6 if ":" in host else socket.AF_INET
     with socket.socket(family, socket.SOCK_STREAM) as probe:
         # The same option gunicorn sets, so connections closing on the port
@@ -132,7 +132,8 @@ def _check_address_free(address: tuple[str, int] | str) -> None:
             else:
                 advice = "choose an address of this host, such as 0.0.0.0:80"
             raise SystemExit(
-                f"server_app: cannot listen on {shown}: {error.strerror}: {advice}"
+                f"server_app: cannot listen on {address_text}: "
+                f"{error.strerror}: {advice}"
             ) from None
 
 

@@ -401,9 +401,9 @@ class OneTripWindow:
         self._last = _LastWindow()
         # Under gevent a request rejected here yields once, as an admitted
         # one does while it waits for Redis (see yield_to_others).
-        self._yield: Callable[[], None] | None = None
+        self._yield_to_others: Callable[[], None] | None = None
         if isinstance(self._script, _PipelinedScriptCaller):
-            self._yield = self._script.yield_to_others
+            self._yield_to_others = self._script.yield_to_others
 
     def _start_hit(self, key: str, now: float) -> bool:
         """Forget the previous request's statistics and return whether ``key``
@@ -415,8 +415,8 @@ class OneTripWindow:
         if reset_at is None:
             return False
         self._last.stats[key] = WindowStats(reset_at, 0)
-        if self._yield is not None:
-            self._yield()
+        if self._yield_to_others is not None:
+            self._yield_to_others()
         return True
 
     def _run_script(self, *args: Any) -> Any:
