@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import flask
 import pytest
+import redis
+from flask_limiter import RequestLimit
 from server_support import RedisServer
 
 from server_app.app import create_app
@@ -14,6 +16,7 @@ from server_app.config import (
     default_workers,
     mask_password,
 )
+from server_app.limiter import _MAX_CACHED_KEYS as MAX_CACHED_KEYS
 
 
 def test_defaults_match_documentation() -> None:
@@ -173,4 +176,52 @@ def test_limiter_state_per_request_context(redis_server: RedisServer) -> None:
     assert same is state
     assert copied is not state
     assert later is not state
+    limiter.storage.get_connection().close()
+
+
+def test_index_limits_match_flask_limiter(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    app = create_app({"RATE_LIMIT": "2/minute;5/hour", "REDIS_URL": redis_server.url()})
+    (limiter,) = app.extensions["limiter"]
+    address = "2001:db8::7"
+
+    for method, remaining in (("GET", [1, 4]), ("HEAD", [0, 3])):
+        with app.test_request_context(
+            "/", method=method, environ_base={"REMOTE_ADDR": address}
+        ):
+            limiter._check_request_limit()
+            ours = list(limiter.context.view_rate_limits)
+
+        assert [limit.key for limit in ours] == [
+            f"LIMITER/{address}/index/2/1/minute",
+            f"LIMITER/{address}/index/5/1/hour",
+        ]
+        for request_limit in ours:
+            reference = RequestLimit(
+                limiter,
+                request_limit.limit,
+                request_limit.request_args,
+                False,
+                request_limit.shared,
+            )
+            reference._window = request_limit._window
+            assert vars(request_limit).keys() == vars(reference).keys()
+            for name, value in vars(reference).items():
+                if name != "extension":
+                    assert getattr(request_limit, name) == value, name
+            assert request_limit.extension == reference.extension
+        assert [limit.window.remaining for limit in ours] == remaining
+    limiter.storage.get_connection().close()
+
+
+def test_index_key_cache_stays_bounded(redis_server: RedisServer) -> None:
+    app = create_app({"RATE_LIMIT": "2/minute", "REDIS_URL": redis_server.url()})
+    (limiter,) = app.extensions["limiter"]
+
+    for number in range(MAX_CACHED_KEYS + 5):
+        keys = limiter._keys_of_index(f"10.0.{number // 256}.{number % 256}", "GET")
+
+    assert keys[0][2] == "LIMITER/10.0.39.20/index/2/1/minute"
+    assert len(limiter._index_keys) == 5
     limiter.storage.get_connection().close()

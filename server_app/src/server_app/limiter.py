@@ -6,7 +6,9 @@ import ipaddress
 import logging
 import threading
 import time
+import weakref
 from typing import TYPE_CHECKING, cast
+from wsgiref.types import WSGIEnvironment
 
 import flask
 from flask.globals import request_ctx
@@ -18,8 +20,13 @@ from server_app.config import AppSettings
 from server_app.strategies import StorageHealth, create_strategy
 
 if TYPE_CHECKING:
+    from flask.ctx import RequestContext
+
     # flask-limiter 4 does not export the type of its resolved limits.
     from flask_limiter._limits import RuntimeLimit
+
+    # A limit of ``/``, its request arguments and its key for one client.
+    _IndexKey = tuple[RuntimeLimit, list[str], str]
 
 
 # flask-limiter's after_request hook that adds the rate limit headers.
@@ -40,9 +47,13 @@ def client_address() -> str:
     that is not an IP address is replaced by the proxy's own address, so a
     client cannot choose arbitrary keys and metric labels.
     """
+    return client_address_in(flask.request.environ)
+
+
+def client_address_in(environ: WSGIEnvironment) -> str:
+    """Return :func:`client_address` for the request of ``environ``."""
     # NOTE: gunicorn bound to a unix socket passes no peer address, so all
     # clients share the key "unknown" unless a trusted proxy sets one.
-    environ = flask.request.environ
     address = environ.get("REMOTE_ADDR") or "unknown"
     original = environ.get(PROXY_FIX_ORIGINAL)
     if original is not None and not _is_ip_address(address):
@@ -56,6 +67,35 @@ def _is_ip_address(text: str) -> bool:
     except ValueError:
         return False
     return True
+
+
+# Forget the cached keys of ``/`` once this many address and method pairs
+# have them.
+_MAX_CACHED_KEYS = 10_000
+
+
+class _IndexRequestLimit(RequestLimit):
+    """A RequestLimit of ``/`` whose key was built before the request.
+
+    flask-limiter's RequestLimit builds its key and a weak proxy of the
+    limiter on every request. This class takes both ready-made and sets the
+    same attributes.
+    """
+
+    def __init__(
+        self,
+        extension: weakref.ProxyType[Limiter],
+        limit: RuntimeLimit,
+        request_args: list[str],
+        key: str,
+    ) -> None:
+        self.extension = extension
+        self.limit = limit.limit
+        self.request_args = request_args
+        self.key = key
+        self.breached = False
+        self.shared = limit.shared
+        self._window = None
 
 
 class ServerLimiter(Limiter):
@@ -82,7 +122,10 @@ class ServerLimiter(Limiter):
         self.settings = settings
         self.health = StorageHealth(settings.redis_url_for_logs)
         self._index_limits: list[RuntimeLimit] = []
-        self._index_scopes: list[dict[str, str]] = []
+        # The limits of ``/`` with their request arguments and keys, by client
+        # address and method.
+        self._index_keys: dict[tuple[str, str], list[_IndexKey]] = {}
+        self._proxy = weakref.proxy(self)
         self._fallback_lock = threading.Lock()
 
     def init_app(self, app: flask.Flask) -> None:
@@ -106,9 +149,6 @@ class ServerLimiter(Limiter):
         self._index_limits = sorted(
             self.limit_manager.default_limits, key=lambda limit: limit.limit
         )
-        # The scope of each limit by request method. A limit from a string
-        # has a fixed scope, so it is derived once per method.
-        self._index_scopes = [{} for _ in self._index_limits]
         self._replace_header_hook(app)
 
     @property
@@ -121,14 +161,7 @@ class ServerLimiter(Limiter):
         up. A copy of the context, as copy_current_request_context makes,
         gets state of its own, as with flask-limiter.
         """
-        request_context = request_ctx._get_current_object()  # type: ignore[attr-defined]
-        context: LimiterContext | None = getattr(
-            request_context, _CONTEXT_ATTRIBUTE, None
-        )
-        if context is None:
-            context = LimiterContext()
-            setattr(request_context, _CONTEXT_ATTRIBUTE, context)
-        return context
+        return _limiter_context(request_ctx._get_current_object())  # type: ignore[attr-defined]
 
     def _replace_header_hook(self, app: flask.Flask) -> None:
         """Put :meth:`_add_headers` in place of flask-limiter's header hook."""
@@ -186,16 +219,17 @@ class ServerLimiter(Limiter):
         # context, LimiterContext, _storage_dead, _key_prefix,
         # RequestLimit._window and the header hook), so check them on every
         # upgrade.
+        request_context = request_ctx._get_current_object()  # type: ignore[attr-defined]
         if (
             not in_middleware
             or self._storage_dead
             or not self.enabled
-            or flask.request.endpoint != "index"
+            or request_context.request.endpoint != "index"
         ):
             super()._check_request_limit(callable_name, in_middleware)
             return
         try:
-            self._hit_index_limits()
+            self._hit_index_limits(request_context)
         except RateLimitExceeded:
             raise
         except Exception:
@@ -213,34 +247,26 @@ class ServerLimiter(Limiter):
             self.context.seen_limits.clear()
             super()._check_request_limit(callable_name, in_middleware)
 
-    def _hit_index_limits(self) -> None:
+    def _hit_index_limits(self, request_context: RequestContext) -> None:
         """Hit each RATE_LIMIT item for the client and raise on the first breach.
 
         The keys, the header limit and the exception are the ones
         flask-limiter's own check produces for a default limit that has no
         scope, cost or condition.
         """
-        context = self.context
+        request = request_context.request
+        context = _limiter_context(request_context)
         context.seen_limits.update(self._index_limits)
         strategy = self._one_trip
-        key = client_address()
-        method = flask.request.method
         view_limits: list[RequestLimit] = []
-        for limit, scopes in zip(self._index_limits, self._index_scopes, strict=True):
-            scope = scopes.get(method)
-            if scope is None:
-                scope = scopes[method] = limit.scope_for("index", method)
-            args = [key, scope]
-            if self._key_prefix:
-                args.insert(0, self._key_prefix)
-            request_limit = RequestLimit(self, limit.limit, args, False, limit.shared)
+        keys = self._keys_of_index(client_address_in(request.environ), request.method)
+        for limit, args, key in keys:
+            request_limit = _IndexRequestLimit(self._proxy, limit, args, key)
             view_limits.append(request_limit)
-            admitted = strategy.hit_key(
-                limit.limit, request_limit.key, cost=limit.deduction_amount
-            )
+            admitted = strategy.hit_key(limit.limit, key, cost=limit.deduction_amount)
             # The window statistics are known from the hit, so the header hook
             # reads them without another lookup.
-            request_limit._window = strategy.last_window(request_limit.key)
+            request_limit._window = strategy.last_window(key)
             if not admitted:
                 request_limit.breached = True
                 context.view_rate_limit = request_limit
@@ -249,12 +275,42 @@ class ServerLimiter(Limiter):
         context.view_rate_limit = view_limits[0] if view_limits else None
         context.view_rate_limits = view_limits
 
+    def _keys_of_index(self, address: str, method: str) -> list[_IndexKey]:
+        """Return each limit of ``/`` with the request arguments and the key
+        flask-limiter gives it for ``address`` and ``method``.
+
+        Building the keys took about 1 us per limit here, so they are kept
+        for the addresses seen last.
+        """
+        keys = self._index_keys.get((address, method))
+        if keys is not None:
+            return keys
+        keys = []
+        for limit in self._index_limits:
+            args = [address, limit.scope_for("index", method)]
+            if self._key_prefix:
+                args.insert(0, self._key_prefix)
+            keys.append((limit, args, limit.limit.key_for(*args)))
+        if len(self._index_keys) >= _MAX_CACHED_KEYS:
+            self._index_keys.clear()
+        self._index_keys[(address, method)] = keys
+        return keys
+
     def storage_is_reachable(self) -> bool:
         """Return whether Redis replies to PING within the timeout."""
         reachable = bool(self.storage.check())
         if reachable:
             self.health.record_success()
         return reachable
+
+
+def _limiter_context(request_context: RequestContext) -> LimiterContext:
+    """Return the limiter's state in ``request_context``, added on first use."""
+    context: LimiterContext | None = getattr(request_context, _CONTEXT_ATTRIBUTE, None)
+    if context is None:
+        context = LimiterContext()
+        setattr(request_context, _CONTEXT_ATTRIBUTE, context)
+    return context
 
 
 def create_limiter(app: flask.Flask, settings: AppSettings) -> ServerLimiter:
