@@ -13,6 +13,7 @@ from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
 from server_app.limiter import client_address
+from server_app.process_id import current_process_id
 
 # The environ key of the time when a request reached the application.
 START_TIME_KEY = "server_app.request_start"
@@ -20,20 +21,6 @@ START_TIME_KEY = "server_app.request_start"
 # Only these statuses are counted per client address: an unbounded set of
 # addresses times every status would grow the metrics without need.
 CLIENT_STATUSES = frozenset({200, 429})
-
-
-class _ProcessId:
-    """The ID of this process, read from the kernel again only after a fork."""
-
-    def __init__(self) -> None:
-        self.value = os.getpid()
-        os.register_at_fork(after_in_child=self._refresh)
-
-    def _refresh(self) -> None:
-        self.value = os.getpid()
-
-    def __call__(self) -> int:
-        return self.value
 
 
 def read_process_id_once() -> None:
@@ -53,7 +40,7 @@ def read_process_id_once() -> None:
     if getattr(value_class, "reads_process_id_once", False):
         return
     value_class = values.MultiProcessValue(  # type: ignore[no-untyped-call]
-        process_identifier=_ProcessId()
+        process_identifier=current_process_id
     )
     value_class.reads_process_id_once = True
     values.ValueClass = value_class

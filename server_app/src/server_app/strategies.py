@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import logging
-import os
 import sys
 import threading
 import time
@@ -34,6 +33,7 @@ from redis.exceptions import ConnectionError as RedisConnectionError
 from redis.exceptions import NoScriptError, RedisError, ResponseError
 
 from server_app.config import Strategy
+from server_app.process_id import current_process_id
 
 logger = logging.getLogger(__name__)
 
@@ -163,9 +163,10 @@ class _ScriptCaller:
         # A connection must not be shared with a forked child, so each process
         # opens its own.
         local = self._local
-        if local.pid != os.getpid():
+        process_id = current_process_id()
+        if local.pid != process_id:
             local.connection = self._pool.make_connection()
-            local.pid = os.getpid()
+            local.pid = process_id
             local.used = False
         connection: AbstractConnection = local.connection
         return connection
