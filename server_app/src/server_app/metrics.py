@@ -12,7 +12,7 @@ from prometheus_client import CollectorRegistry, Counter, Histogram, values
 from prometheus_flask_exporter import PrometheusMetrics
 from prometheus_flask_exporter.multiprocess import GunicornInternalPrometheusMetrics
 
-from server_app.limiter import client_address
+from server_app.limiter import client_address_in
 from server_app.process_id import current_process_id
 
 # The environ key of the time when a request reached the application.
@@ -60,11 +60,11 @@ class ClientRequestCounter:
         # the label tuple on every call.
         self._children: dict[tuple[str, int], Counter] = {}
 
-    def count(self, endpoint: str | None, status: int) -> None:
-        """Count a response of ``/`` if its status is 200 or 429."""
-        if status not in CLIENT_STATUSES or endpoint != "index":
+    def count(self, request: flask.Request, status: int) -> None:
+        """Count a response of ``/`` to ``request`` if its status is 200 or 429."""
+        if status not in CLIENT_STATUSES or request.endpoint != "index":
             return
-        label = (client_address(), status)
+        label = (client_address_in(request.environ), status)
         child = self._children.get(label)
         if child is None:
             child = self.counter.labels(label[0], str(status))
@@ -151,7 +151,7 @@ class RequestMetrics:
         if start is not None:
             duration.observe(max(time.perf_counter() - start, 0.0))
         total.inc()
-        self.clients.count(endpoint, status)
+        self.clients.count(request, status)
         return response
 
     def count_exception(self, error: BaseException | None) -> None:
