@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
+import signal
 import socket
 from collections.abc import Callable
 from typing import Any
 
 import pytest
 from gunicorn.config import Config
-from server_support import Gunicorn, request
+from server_support import Gunicorn, request, wait_until
 
 from server_app.gunicorn_conf import resolve_settings_once
 
@@ -69,5 +71,23 @@ def test_workers_apply_cmd_args(
     short_line = b"GET /?" + b"a" * 200 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     long_line = b"GET /?" + b"a" * 400 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
     assert raw_status(server.port, short_line) == 200
+    assert raw_status(server.port, long_line) == 414
+    assert request(server.port).status == 200
+
+
+def test_reload_workers_apply_settings(start_gunicorn: StartGunicorn) -> None:
+    server = start_gunicorn(GUNICORN_CMD_ARGS="--limit-request-line 300")
+    long_line = b"GET /?" + b"a" * 400 + b" HTTP/1.1\r\nHost: x\r\n\r\n"
+    before = set(server.wait_for_workers(3))
+
+    os.kill(server.process.pid, signal.SIGHUP)
+    wait_until(
+        lambda: (
+            not before & set(server.worker_pids()) and len(server.worker_pids()) == 3
+        ),
+        20,
+        "gunicorn replaced its 3 workers after SIGHUP",
+    )
+
     assert raw_status(server.port, long_line) == 414
     assert request(server.port).status == 200
