@@ -9,6 +9,7 @@ Prometheus multiprocess directory that the workers share.
 
 from __future__ import annotations
 
+import atexit
 import errno
 import os
 import shutil
@@ -29,17 +30,20 @@ def _load_settings() -> tuple[GunicornSettings, AppSettings]:
         raise SystemExit(f"server_app: {error}") from None
 
 
-def _prepare_metrics_dir() -> tuple[Path, bool]:
-    """Return the multiprocess directory and whether this module created it.
+def _prepare_metrics_dir() -> Path:
+    """Return the multiprocess directory, created if needed.
 
     Without PROMETHEUS_MULTIPROC_DIR the master creates a private temporary
-    directory and exports its path, so the workers it forks inherit it.
+    directory and exports its path, so the workers it forks inherit it. The
+    master removes it when it exits, also when gunicorn itself exits on an
+    error without calling on_exit, such as an address it cannot bind.
     """
     configured = os.environ.get("PROMETHEUS_MULTIPROC_DIR")
     if not configured:
         path = Path(tempfile.mkdtemp(prefix="server_app-metrics-"))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-        return path, True
+        atexit.register(_remove_in_master, path, os.getpid())
+        return path
     path = Path(configured)
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -54,13 +58,20 @@ def _prepare_metrics_dir() -> tuple[Path, bool]:
             f"server_app: invalid PROMETHEUS_MULTIPROC_DIR={configured!r}: "
             "expected a directory writable by this user"
         )
-    return path, False
+    return path
+
+
+def _remove_in_master(path: Path, master_pid: int) -> None:
+    """Remove the temporary metrics directory ``path`` unless this process is
+    a worker, which inherits the exit handlers of the master that forked it."""
+    if os.getpid() == master_pid:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 gunicorn_response.install()
 
 _server, _app = _load_settings()
-_metrics_dir, _metrics_dir_is_temporary = _prepare_metrics_dir()
+_metrics_dir = _prepare_metrics_dir()
 
 bind = [_server.bind]
 workers = _server.workers
@@ -126,7 +137,6 @@ def _check_address_free(address: tuple[str, int] | str) -> None:
         try:
             probe.bind((host, port))
         except OSError as error:
-            _remove_temporary_metrics_dir()
             if error.errno == errno.EADDRINUSE:
                 advice = "stop the server that uses it, or choose another address"
             else:
@@ -184,13 +194,3 @@ def child_exit(server: Any, worker: Any) -> None:
     multiprocess.mark_process_dead(  # type: ignore[no-untyped-call]
         worker.pid, str(_metrics_dir)
     )
-
-
-def on_exit(server: Any) -> None:
-    """Remove the metrics directory if this module created it."""
-    _remove_temporary_metrics_dir()
-
-
-def _remove_temporary_metrics_dir() -> None:
-    if _metrics_dir_is_temporary:
-        shutil.rmtree(_metrics_dir, ignore_errors=True)
