@@ -12,7 +12,7 @@ import pytest
 from gunicorn.config import Config
 from server_support import Gunicorn, request, wait_until
 
-from server_app.gunicorn_conf import resolve_settings_once
+from server_app.gunicorn_worker import resolve_settings_once
 
 StartGunicorn = Callable[..., Gunicorn]
 

@@ -19,7 +19,7 @@ import tempfile
 from pathlib import Path
 from typing import Any
 
-from server_app import gunicorn_response
+from server_app import gunicorn_response, gunicorn_worker
 from server_app.config import AppSettings, ConfigError, GunicornSettings
 
 
@@ -167,22 +167,7 @@ def _exit_before_serving(signum: int, frame: object) -> None:
 
 def post_worker_init(worker: Any) -> None:
     """Store the worker's gunicorn settings as plain attributes."""
-    resolve_settings_once(worker.cfg)
-
-
-def resolve_settings_once(config: Any) -> None:
-    """Make each setting of gunicorn's ``config`` an attribute of the object.
-
-    gunicorn's Config looks up every setting in ``__getattr__``, which took
-    about 0.45 us here, and a gevent worker of gunicorn 27 reads 21 settings
-    per request. A worker's settings do not change: a reload forks new
-    workers from the master, whose own Config keeps its lookups. Settings
-    that Config computes in a property, such as ``address``, stay computed.
-    """
-    for name, setting in config.settings.items():
-        # Config.__setattr__ rejects setting names, so the values go into
-        # the instance dictionary, where attribute lookup finds them first.
-        vars(config)[name] = setting.get()
+    gunicorn_worker.resolve_settings_once(worker.cfg)
 
 
 def child_exit(server: Any, worker: Any) -> None:
