@@ -225,3 +225,21 @@ def test_index_key_cache_stays_bounded(redis_server: RedisServer) -> None:
     assert keys[0][2] == "LIMITER/10.0.39.20/index/2/1/minute"
     assert len(limiter._index_keys) == 5
     limiter.storage.get_connection().close()
+
+
+def test_request_args_not_shared(
+    redis_server: RedisServer, redis_client: redis.Redis
+) -> None:
+    app = create_app({"RATE_LIMIT": "5/minute", "REDIS_URL": redis_server.url()})
+    (limiter,) = app.extensions["limiter"]
+    environ = {"REMOTE_ADDR": "192.0.2.7"}
+
+    with app.test_request_context("/", environ_base=environ):
+        limiter._check_request_limit()
+        limiter.context.view_rate_limits[0].request_args.append("changed")
+    with app.test_request_context("/", environ_base=environ):
+        limiter._check_request_limit()
+        request_args = limiter.context.view_rate_limits[0].request_args
+
+    assert request_args == ["192.0.2.7", "index"]
+    limiter.storage.get_connection().close()

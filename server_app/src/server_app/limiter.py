@@ -26,7 +26,7 @@ if TYPE_CHECKING:
     from flask_limiter._limits import RuntimeLimit
 
     # A limit of ``/``, its request arguments and its key for one client.
-    _IndexKey = tuple[RuntimeLimit, list[str], str]
+    _IndexKey = tuple[RuntimeLimit, tuple[str, ...], str]
 
 
 # flask-limiter's after_request hook that adds the rate limit headers.
@@ -69,8 +69,8 @@ def _is_ip_address(text: str) -> bool:
     return True
 
 
-# Forget the cached keys of ``/`` once this many address and method pairs
-# have them.
+# The cache of the keys of ``/`` starts over empty when it has this many
+# address and method pairs.
 _MAX_CACHED_KEYS = 10_000
 
 
@@ -149,6 +149,7 @@ class ServerLimiter(Limiter):
         self._index_limits = sorted(
             self.limit_manager.default_limits, key=lambda limit: limit.limit
         )
+        self._index_keys = {}
         self._replace_header_hook(app)
 
     @property
@@ -261,7 +262,7 @@ class ServerLimiter(Limiter):
         view_limits: list[RequestLimit] = []
         keys = self._keys_of_index(client_address_in(request.environ), request.method)
         for limit, args, key in keys:
-            request_limit = _IndexRequestLimit(self._proxy, limit, args, key)
+            request_limit = _IndexRequestLimit(self._proxy, limit, list(args), key)
             view_limits.append(request_limit)
             admitted = strategy.hit_key(limit.limit, key, cost=limit.deduction_amount)
             # The window statistics are known from the hit, so the header hook
@@ -280,16 +281,18 @@ class ServerLimiter(Limiter):
         flask-limiter gives it for ``address`` and ``method``.
 
         Building the keys took about 1 us per limit here, so they are kept
-        for the addresses seen last.
+        for up to 10,000 address and method pairs, after which the cache
+        starts over empty. The cached arguments are a tuple, so no request
+        can change them for the next one.
         """
         keys = self._index_keys.get((address, method))
         if keys is not None:
             return keys
         keys = []
         for limit in self._index_limits:
-            args = [address, limit.scope_for("index", method)]
+            args: tuple[str, ...] = (address, limit.scope_for("index", method))
             if self._key_prefix:
-                args.insert(0, self._key_prefix)
+                args = (self._key_prefix, *args)
             keys.append((limit, args, limit.limit.key_for(*args)))
         if len(self._index_keys) >= _MAX_CACHED_KEYS:
             self._index_keys.clear()
