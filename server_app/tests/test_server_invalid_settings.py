@@ -67,3 +67,18 @@ def test_unwritable_metrics_dir_stops_gunicorn(tmp_path: Path) -> None:
     assert result.returncode == 1
     assert len(result.stderr.splitlines()) == 1, result.stderr
     assert result.stderr.startswith("server_app: invalid PROMETHEUS_MULTIPROC_DIR=")
+
+
+def test_preload_with_gevent_stops_gunicorn(tmp_path: Path) -> None:
+    result = run_gunicorn(
+        tmp_path, GUNICORN_WORKER_CLASS="gevent", GUNICORN_CMD_ARGS="--preload"
+    )
+
+    assert result.returncode == 1
+    assert "Booting worker" not in result.stderr
+    assert result.stderr.splitlines()[-1] == (
+        "server_app: --preload does not work with the gevent worker: the "
+        "master would create the app, and its Redis connection and "
+        "thread-local state, before the workers patch Python for gevent. "
+        "Remove --preload from GUNICORN_CMD_ARGS"
+    )

@@ -74,3 +74,46 @@ def test_dir_kept_while_worker_exits(
 
     server.stop()
     assert metrics_dirs(temp_dir) == []
+
+
+def test_dir_removed_by_daemon_master(tmp_path: Path) -> None:
+    temp_dir = tmp_path / "tmp"
+    temp_dir.mkdir()
+    pid_file = tmp_path / "gunicorn.pid"
+    port = free_port()
+
+    # --daemon forks the master again after gunicorn_conf has run.
+    result = run_gunicorn(
+        tmp_path,
+        GUNICORN_BIND=f"127.0.0.1:{port}",
+        GUNICORN_WORKERS="1",
+        GUNICORN_CMD_ARGS=f"--daemon --pid {pid_file}",
+        PROMETHEUS_MULTIPROC_DIR="",
+        TMPDIR=str(temp_dir),
+    )
+    assert result.returncode == 0, result.stderr
+    wait_until(pid_file.exists, 20, "the daemon wrote its PID file")
+    master = int(pid_file.read_text())
+    wait_until(lambda: serves(port), 20, f"the daemon serves on {port}")
+    assert len(metrics_dirs(temp_dir)) == 1
+
+    os.kill(master, signal.SIGTERM)
+    wait_until(lambda: not process_exists(master), 30, "the daemon master exited")
+
+    assert metrics_dirs(temp_dir) == []
+
+
+def serves(port: int) -> bool:
+    try:
+        return request(port).status == 200
+    except OSError:
+        return False
+
+
+def process_exists(pid: int) -> bool:
+    """Return whether ``pid`` runs, counting a zombie as gone."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except FileNotFoundError:
+        return False
+    return stat.rsplit(")", 1)[1].split()[0] != "Z"

@@ -30,8 +30,26 @@ def _load_settings() -> tuple[GunicornSettings, AppSettings]:
         raise SystemExit(f"server_app: {error}") from None
 
 
-def _prepare_metrics_dir() -> Path:
-    """Return the multiprocess directory, created if needed.
+class _TemporaryDir:
+    """A directory that the master removes when it exits."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        # gunicorn's --daemon forks the master once more after this module
+        # runs, so on_starting sets the ID again.
+        self.master_pid = os.getpid()
+        atexit.register(self.remove)
+
+    def remove(self) -> None:
+        """Remove the directory unless this process is a worker, which
+        inherits the exit handlers of the master that forked it."""
+        if os.getpid() == self.master_pid:
+            shutil.rmtree(self.path, ignore_errors=True)
+
+
+def _prepare_metrics_dir() -> tuple[Path, _TemporaryDir | None]:
+    """Return the multiprocess directory, created if needed, and its removal
+    on exit if this module created it.
 
     Without PROMETHEUS_MULTIPROC_DIR the master creates a private temporary
     directory and exports its path, so the workers it forks inherit it. The
@@ -42,8 +60,7 @@ def _prepare_metrics_dir() -> Path:
     if not configured:
         path = Path(tempfile.mkdtemp(prefix="server_app-metrics-"))
         os.environ["PROMETHEUS_MULTIPROC_DIR"] = str(path)
-        atexit.register(_remove_in_master, path, os.getpid())
-        return path
+        return path, _TemporaryDir(path)
     path = Path(configured)
     try:
         path.mkdir(mode=0o700, parents=True, exist_ok=True)
@@ -58,20 +75,13 @@ def _prepare_metrics_dir() -> Path:
             f"server_app: invalid PROMETHEUS_MULTIPROC_DIR={configured!r}: "
             "expected a directory writable by this user"
         )
-    return path
-
-
-def _remove_in_master(path: Path, master_pid: int) -> None:
-    """Remove the temporary metrics directory ``path`` unless this process is
-    a worker, which inherits the exit handlers of the master that forked it."""
-    if os.getpid() == master_pid:
-        shutil.rmtree(path, ignore_errors=True)
+    return path, None
 
 
 gunicorn_response.install()
 
 _server, _app = _load_settings()
-_metrics_dir = _prepare_metrics_dir()
+_metrics_dir, _temporary_metrics_dir = _prepare_metrics_dir()
 
 bind = [_server.bind]
 workers = _server.workers
@@ -99,8 +109,17 @@ if os.path.isdir("/dev/shm") and os.access("/dev/shm", os.W_OK):
 def on_starting(server: Any) -> None:
     """Check the listening addresses and empty the metrics directory, so that
     counters start from zero."""
+    if _temporary_metrics_dir is not None:
+        _temporary_metrics_dir.master_pid = os.getpid()
     # The gunicorn settings that apply, which GUNICORN_CMD_ARGS may change.
     config = server.cfg
+    if config.preload_app and "gevent" in config.worker_class_str:
+        raise SystemExit(
+            "server_app: --preload does not work with the gevent worker: the "
+            "master would create the app, and its Redis connection and "
+            "thread-local state, before the workers patch Python for gevent. "
+            "Remove --preload from GUNICORN_CMD_ARGS"
+        )
     if config.reuse_port:
         for address in config.address:
             _check_address_free(address)
