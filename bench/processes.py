@@ -23,6 +23,8 @@ log = logging.getLogger(__name__)
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 GUNICORN = str(Path(sys.executable).with_name("gunicorn"))
+# The gunicorn arguments that run server_app with its packaged config.
+SERVER_APP_ARGS = ("-c", "python:server_app.gunicorn_conf", "server_app.wsgi:app")
 REDIS_SERVER = "/usr/bin/redis-server"
 NGINX = "/usr/sbin/nginx"
 STARTUP_TIMEOUT_SECONDS = 20.0
@@ -222,11 +224,7 @@ class GunicornServer:
         self,
         workdir: Path,
         settings: Mapping[str, str],
-        argv_tail: Sequence[str] = (
-            "-c",
-            "python:server_app.gunicorn_conf",
-            "server_app.wsgi:app",
-        ),
+        argv_tail: Sequence[str] = SERVER_APP_ARGS,
         name: str = "gunicorn",
         port: int | None = None,
     ) -> None:
@@ -272,6 +270,36 @@ class GunicornServer:
         raise RuntimeError(
             f"{self.name} has workers {self.worker_pids()}, expected {count}"
         )
+
+
+def run_gunicorn(
+    workdir: Path, settings: Mapping[str, str]
+) -> subprocess.CompletedProcess[str]:
+    """Run server_app under gunicorn in ``workdir`` until it exits.
+
+    This is for settings that stop the server. It binds a free loopback
+    port, writes metrics under ``workdir`` and points at a closed Redis port
+    unless ``settings`` sets GUNICORN_BIND, PROMETHEUS_MULTIPROC_DIR or
+    REDIS_URL.
+    """
+    env = gunicorn_env(
+        {
+            "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
+            "PROMETHEUS_MULTIPROC_DIR": str(workdir / "metrics"),
+            # Nothing listens on port 1 (tcpmux) here.
+            "REDIS_URL": "redis://127.0.0.1:1/0",
+            **settings,
+        }
+    )
+    return subprocess.run(
+        [GUNICORN, *SERVER_APP_ARGS],
+        cwd=workdir,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+        check=False,
+    )
 
 
 def bare_gunicorn_argv(

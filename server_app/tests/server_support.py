@@ -9,9 +9,7 @@ from __future__ import annotations
 
 import http.client
 import json
-import os
 import subprocess
-import sys
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass
@@ -20,10 +18,10 @@ from pathlib import Path
 import pytest
 from prometheus_client.parser import text_string_to_metric_families
 
+from bench import processes
 from bench.processes import GunicornServer, RedisServer, free_port
 
 __all__ = [
-    "GUNICORN",
     "Gunicorn",
     "RedisServer",
     "Response",
@@ -35,7 +33,6 @@ __all__ = [
     "wait_until",
 ]
 
-GUNICORN = [sys.executable, "-m", "gunicorn"]
 START_TIMEOUT = 20.0
 
 
@@ -129,26 +126,6 @@ class Gunicorn(GunicornServer):
 
 
 def run_gunicorn(tmp_path: Path, **env: str) -> subprocess.CompletedProcess[str]:
-    """Run gunicorn with the packaged config in ``tmp_path`` until it exits.
-
-    It binds a free loopback port and points at a closed Redis port unless
-    ``env`` sets GUNICORN_BIND or REDIS_URL.
-    """
-    environ = dict(os.environ)
-    environ.update(
-        {
-            "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
-            "PROMETHEUS_MULTIPROC_DIR": str(tmp_path / "metrics"),
-            "REDIS_URL": "redis://127.0.0.1:1/0",
-        }
-    )
-    environ.update(env)
-    return subprocess.run(
-        [*GUNICORN, "-c", "python:server_app.gunicorn_conf", "server_app.wsgi:app"],
-        cwd=tmp_path,
-        env=environ,
-        capture_output=True,
-        text=True,
-        timeout=30,
-        check=False,
-    )
+    """Run gunicorn with the packaged config in ``tmp_path`` until it exits,
+    with ``env`` added to its settings (see bench.processes.run_gunicorn)."""
+    return processes.run_gunicorn(tmp_path, env)

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable, Iterator
+
 import flask
 import pytest
 import redis
@@ -17,6 +19,7 @@ from server_app.config import (
     mask_password,
 )
 from server_app.limiter import _MAX_CACHED_KEYS as MAX_CACHED_KEYS
+from server_app.limiter import ServerLimiter
 
 
 def test_defaults_match_documentation() -> None:
@@ -162,9 +165,30 @@ def test_factory_app_limits_with_redis(redis_server: RedisServer) -> None:
         limiter.storage.get_connection().close()
 
 
-def test_limiter_state_per_request_context(redis_server: RedisServer) -> None:
-    app = create_app({"RATE_LIMIT": "5/minute", "REDIS_URL": redis_server.url()})
-    (limiter,) = app.extensions["limiter"]
+CreateLimitedApp = Callable[[str], tuple[flask.Flask, ServerLimiter]]
+
+
+@pytest.fixture
+def create_limited_app(redis_server: RedisServer) -> Iterator[CreateLimitedApp]:
+    """Return a function that creates an app with a RATE_LIMIT on the
+    session's Redis, and close the limiters' connections after the test."""
+    limiters: list[ServerLimiter] = []
+
+    def create(rate_limit: str) -> tuple[flask.Flask, ServerLimiter]:
+        app = create_app({"RATE_LIMIT": rate_limit, "REDIS_URL": redis_server.url()})
+        (limiter,) = app.extensions["limiter"]
+        limiters.append(limiter)
+        return app, limiter
+
+    yield create
+    for limiter in limiters:
+        limiter.storage.get_connection().close()
+
+
+def test_limiter_state_per_request_context(
+    create_limited_app: CreateLimitedApp,
+) -> None:
+    app, limiter = create_limited_app("5/minute")
 
     with app.test_request_context("/"):
         state = limiter.context
@@ -176,14 +200,12 @@ def test_limiter_state_per_request_context(redis_server: RedisServer) -> None:
     assert same is state
     assert copied is not state
     assert later is not state
-    limiter.storage.get_connection().close()
 
 
 def test_index_limits_match_flask_limiter(
-    redis_server: RedisServer, redis_client: redis.Redis
+    create_limited_app: CreateLimitedApp, redis_client: redis.Redis
 ) -> None:
-    app = create_app({"RATE_LIMIT": "2/minute;5/hour", "REDIS_URL": redis_server.url()})
-    (limiter,) = app.extensions["limiter"]
+    app, limiter = create_limited_app("2/minute;5/hour")
     address = "2001:db8::7"
 
     for method, remaining in (("GET", [1, 4]), ("HEAD", [0, 3])):
@@ -212,26 +234,22 @@ def test_index_limits_match_flask_limiter(
                     assert getattr(request_limit, name) == value, name
             assert request_limit.extension == reference.extension
         assert [limit.window.remaining for limit in ours] == remaining
-    limiter.storage.get_connection().close()
 
 
-def test_index_key_cache_stays_bounded(redis_server: RedisServer) -> None:
-    app = create_app({"RATE_LIMIT": "2/minute", "REDIS_URL": redis_server.url()})
-    (limiter,) = app.extensions["limiter"]
+def test_index_key_cache_stays_bounded(create_limited_app: CreateLimitedApp) -> None:
+    _, limiter = create_limited_app("2/minute")
 
     for number in range(MAX_CACHED_KEYS + 5):
         keys = limiter._keys_of_index(f"10.0.{number // 256}.{number % 256}", "GET")
 
     assert keys[0][2] == "LIMITER/10.0.39.20/index/2/1/minute"
     assert len(limiter._index_keys) == 5
-    limiter.storage.get_connection().close()
 
 
 def test_request_args_not_shared(
-    redis_server: RedisServer, redis_client: redis.Redis
+    create_limited_app: CreateLimitedApp, redis_client: redis.Redis
 ) -> None:
-    app = create_app({"RATE_LIMIT": "5/minute", "REDIS_URL": redis_server.url()})
-    (limiter,) = app.extensions["limiter"]
+    app, limiter = create_limited_app("5/minute")
     environ = {"REMOTE_ADDR": "192.0.2.7"}
 
     with app.test_request_context("/", environ_base=environ):
@@ -242,4 +260,3 @@ def test_request_args_not_shared(
         request_args = limiter.context.view_rate_limits[0].request_args
 
     assert request_args == ["192.0.2.7", "index"]
-    limiter.storage.get_connection().close()

@@ -19,6 +19,8 @@ from server_support import (
     wait_until,
 )
 
+from bench.processes import port_accepts
+
 StartGunicorn = Callable[..., Gunicorn]
 
 
@@ -94,20 +96,16 @@ def test_dir_removed_by_daemon_master(tmp_path: Path) -> None:
     assert result.returncode == 0, result.stderr
     wait_until(pid_file.exists, 20, "the daemon wrote its PID file")
     master = int(pid_file.read_text())
-    wait_until(lambda: serves(port), 20, f"the daemon serves on {port}")
+    wait_until(
+        lambda: port_accepts("127.0.0.1", port), 20, f"the daemon listens on {port}"
+    )
+    assert request(port).status == 200
     assert len(metrics_dirs(temp_dir)) == 1
 
     os.kill(master, signal.SIGTERM)
     wait_until(lambda: not process_exists(master), 30, "the daemon master exited")
 
     assert metrics_dirs(temp_dir) == []
-
-
-def serves(port: int) -> bool:
-    try:
-        return request(port).status == 200
-    except OSError:
-        return False
 
 
 def process_exists(pid: int) -> bool:

@@ -20,14 +20,7 @@ from pathlib import Path
 import pytest
 from live_server import StartServer, client_request_counts
 
-from bench.processes import (
-    GUNICORN,
-    REPO_ROOT,
-    GunicornServer,
-    RedisServer,
-    free_port,
-    gunicorn_env,
-)
+from bench.processes import GunicornServer, RedisServer, free_port, run_gunicorn
 
 RecordProperty = Callable[[str, object], None]
 
@@ -127,27 +120,8 @@ def record(
 def test_server_rejects_setting(
     tmp_path: Path, record_property: RecordProperty, name: str, value: str
 ) -> None:
-    metrics_dir = tmp_path / "metrics"
-    metrics_dir.mkdir()
-    env = gunicorn_env(
-        {
-            "GUNICORN_BIND": f"127.0.0.1:{free_port()}",
-            "PROMETHEUS_MULTIPROC_DIR": str(metrics_dir),
-            # A Redis URL that nothing listens on: no valid setting needs Redis.
-            "REDIS_URL": f"redis://127.0.0.1:{free_port()}/0",
-            name: value,
-        }
-    )
-
-    completed = subprocess.run(
-        [GUNICORN, "-c", "python:server_app.gunicorn_conf", "server_app.wsgi:app"],
-        env=env,
-        cwd=REPO_ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-        check=False,
-    )
+    # The Redis URL is closed: no valid setting needs Redis.
+    completed = run_gunicorn(tmp_path, {name: value})
 
     output = completed.stdout + completed.stderr
     lines = [line for line in output.splitlines() if f"invalid {name}=" in line]
